@@ -1,0 +1,5 @@
+import sys
+
+from mcpguard.cli import main
+
+sys.exit(main())
