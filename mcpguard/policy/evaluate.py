@@ -1,0 +1,191 @@
+"""Decide one `tools/call` against a policy: a pure function of call, policy, counters and time.
+
+Order (design §3): hidden → tool changed (when `on_tool_change = "deny"`) →
+deny (`action = "deny"`, or `default = "deny"` for an unlisted tool) →
+`deny_if` / `require` → limit check → approval. The first rule that denies
+names itself in the decision. Limits are only checked here; the gateway
+consumes them (`Counters.try_consume(decision.limits, ...)`) when it forwards
+the call, so a call that waits for approval is checked before and counted
+when it goes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from mcpguard.call import Call
+from mcpguard.policy.model import Decision, Limit, Policy, TraceStep
+
+
+class _Counters(Protocol):  # mcpguard.ratelimit.Counters
+    def check(self, limits: tuple[Limit, ...], call: Call, now: float) -> Any: ...
+
+
+def _limit_text(tool: str, limit: Limit) -> str:
+    if limit.path.startswith("all_tools"):
+        return f"all tools together allow {limit.describe()} (counter {limit.counter})"
+    return limit.describe()
+
+
+def evaluate(
+    call: Call,
+    policy: Policy | None,
+    counters: _Counters | None,
+    now: float,
+    *,
+    risk: Any = None,
+    tool_changed: bool = False,
+) -> Decision:
+    """The `Decision` for `call` under `policy`.
+
+    - `counters`: the server's `mcpguard.ratelimit.Counters`; read only
+      (`check`), never consumed. None skips the limit check (as `explain`
+      does without live counters).
+    - `now`: seconds on `time.monotonic()`, the counters' clock.
+    - `risk`: the tool's `mcpguard.risk.Risk`, carried into the decision.
+    - `tool_changed`: the tool's definition changed since first seen; with
+      `on_tool_change = "deny"` the call is denied (`tool_changed`).
+
+    `policy=None` (none loaded, or none ever loaded good) denies with
+    `no_policy`. Never raises for any call; never awaits.
+    """
+    tool = call.tool
+    if policy is None:
+        step = TraceStep("no_policy", "deny", f"no policy is loaded for server {call.server}")
+        return Decision(
+            "deny",
+            "no_policy",
+            f"{tool} is denied: mcpguard has no valid policy for server {call.server}, so every call is denied.",
+            "no_policy",
+            risk=risk,
+            trace=(step,),
+        )
+    trace: list[TraceStep] = []
+    if policy.is_hidden(tool):
+        why = f"{tool} is named in hide" if tool in policy.hide else f'hide = ["*"] and {tool} is not listed under tools'
+        trace.append(TraceStep("hide", "deny", why))
+        return Decision("deny", "hidden", f"Unknown tool: {tool}", "hide", risk=risk, trace=tuple(trace))
+    trace.append(TraceStep("hide", "pass", f"{tool} is not hidden"))
+
+    if tool_changed:
+        if policy.on_tool_change == "deny":
+            trace.append(TraceStep("on_tool_change", "deny", f"the definition of {tool} changed and on_tool_change = \"deny\""))
+            return Decision(
+                "deny",
+                "tool_changed",
+                f"{tool} is denied: its definition (description or input schema) changed since mcpguard first saw it; "
+                "a person must review the change before it can be called.",
+                "on_tool_change",
+                risk=risk,
+                trace=tuple(trace),
+            )
+        trace.append(TraceStep("on_tool_change", "warn", f'the definition of {tool} changed; on_tool_change = "warn" lets it through'))
+
+    rule = policy.tools.get(tool)
+    if rule is None:
+        if policy.default != "allow":
+            trace.append(TraceStep("default", "deny", f'{tool} is not listed under tools and default = "deny"'))
+            return Decision(
+                "deny",
+                "policy_denied",
+                f"{tool} is not allowed by this policy (it is not listed and the default is deny). "
+                "Use another tool or ask the user to allow it.",
+                "default",
+                risk=risk,
+                trace=tuple(trace),
+            )
+        deciding = "default"
+        trace.append(TraceStep("default", "pass", f'{tool} is not listed under tools and default = "allow"'))
+        action = "allow"
+    else:
+        base = f"tools.{tool}"
+        action = rule.action or "allow"
+        if action == "deny":
+            trace.append(TraceStep(base + ".action", "deny", f'action = "deny"' + (f": {rule.reason}" if rule.reason else "")))
+            reason = f" {rule.reason}" if rule.reason else ""
+            return Decision(
+                "deny",
+                "policy_denied",
+                f"{tool} is denied by policy.{reason}",
+                base + ".action",
+                risk=risk,
+                trace=tuple(trace),
+            )
+        if rule.action is None:
+            deciding = base
+            trace.append(TraceStep(base, "pass", f"{tool} is listed, so it is allowed"))
+        else:
+            deciding = base + ".action"
+            trace.append(TraceStep(base + ".action", "pass", f'action = "{action}"'))
+        args = call.arguments
+        for entry in rule.deny_if:
+            if entry.matches(args):
+                conds = " and ".join(c.describe() for c in entry.conditions)
+                trace.append(TraceStep(entry.path, "deny", f"{conds}: holds"))
+                text = entry.on_deny or f"a deny_if rule matched ({conds})"
+                return Decision(
+                    "deny",
+                    "policy_denied",
+                    f"{tool} is denied by policy: {text}",
+                    entry.path,
+                    risk=risk,
+                    trace=tuple(trace),
+                )
+            trace.append(TraceStep(entry.path, "pass", "does not hold: " + " and ".join(c.describe() for c in entry.conditions)))
+        for entry in rule.require:
+            if not entry.matches(args):
+                failed = [c.describe() for c in entry.conditions if not c.test(args)]
+                trace.append(TraceStep(entry.path, "deny", "not met: " + " and ".join(failed)))
+                text = entry.on_deny or "it requires " + " and ".join(c.describe() for c in entry.conditions)
+                return Decision(
+                    "deny",
+                    "policy_denied",
+                    f"{tool} is denied by policy: {text}",
+                    entry.path,
+                    risk=risk,
+                    trace=tuple(trace),
+                )
+            trace.append(TraceStep(entry.path, "pass", "met: " + " and ".join(c.describe() for c in entry.conditions)))
+
+    limits = policy.limits_for(tool)
+    if limits:
+        if counters is not None:
+            limited = counters.check(limits, call, now)
+            if limited is not None:
+                lim: Limit = limited.limit
+                retry = float(limited.retry_after_s)
+                trace.append(
+                    TraceStep(lim.path, "deny", f"counter {lim.counter} [{limited.scope_key}] at {limited.count}/{limited.max} per {lim.window}")
+                )
+                return Decision(
+                    "deny",
+                    "rate_limited",
+                    f"{tool} is rate-limited: {_limit_text(tool, lim)}; retry after {retry:.1f} s",
+                    lim.path,
+                    retry_after_s=retry,
+                    risk=risk,
+                    trace=tuple(trace),
+                )
+            for lim in limits:
+                trace.append(TraceStep(lim.path, "pass", f"counter {lim.counter}: under {lim.describe()}"))
+        else:
+            for lim in limits:
+                trace.append(TraceStep(lim.path, "pass", f"counter {lim.counter}: {lim.describe()} (counters not checked)"))
+
+    if action == "require_approval":
+        assert rule is not None
+        timeout = rule.approval_timeout_s if rule.approval_timeout_s is not None else policy.approval_timeout_s
+        trace.append(TraceStep(deciding, "approval", f"a person must approve within {timeout:g} s, else it is denied"))
+        reason = f" {rule.reason}" if rule.reason else ""
+        return Decision(
+            "require_approval",
+            "approval_required",
+            f"{tool} needs a person's approval.{reason}",
+            deciding,
+            approval_timeout_s=timeout,
+            limits=limits,
+            risk=risk,
+            trace=tuple(trace),
+        )
+    trace.append(TraceStep(deciding, "allow", f"{tool} is allowed"))
+    return Decision("allow", "allowed", f"{tool} is allowed", deciding, limits=limits, risk=risk, trace=tuple(trace))

@@ -1,0 +1,292 @@
+"""The policy model: what a loaded, validated policy document is.
+
+A policy is one document per upstream server, in PolicyLayer's JSON v1 shape
+or the same document in TOML (design §3). Every object here is immutable and
+compares by value, so the TOML and JSON forms of one policy load to equal
+`Policy` objects (`source`, the file it came from, is left out of equality).
+
+Units: every duration is seconds (`*_s`); a limit's `max` is calls per window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+WINDOWS: dict[str, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+"""Window name -> length in seconds."""
+
+SCOPES: tuple[str, ...] = ("grant", "session", "client", "server", "global")
+"""What a counter is kept per: the agent's grant (token), the MCP session id,
+`clientInfo.name`, the upstream server, or one counter for everyone."""
+
+ACTIONS: tuple[str, ...] = ("allow", "deny", "require_approval")
+DEFAULTS: tuple[str, ...] = ("allow", "deny")
+OPS: tuple[str, ...] = ("eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists")
+RISK_LEVELS: tuple[str, ...] = ("low", "medium", "high", "critical")
+ON_TOOL_CHANGE: tuple[str, ...] = ("warn", "deny")
+DEFAULT_APPROVAL_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyIssue:
+    """One problem found in a policy file.
+
+    `line` and `col` are 1-based positions in the file's text (the key or
+    value at fault; 1:1 when the whole file is at fault); `hint` says how to
+    fix it ('' when there is nothing more to say). `str(issue)` is
+    `file:line:col: message (hint)`, the form editors and terminals link.
+    """
+
+    file: str
+    line: int
+    col: int
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.file}:{self.line}:{self.col}: {self.message}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be loaded; `.issues` lists every error found, in file order."""
+
+    def __init__(self, issues: list[PolicyIssue] | tuple[PolicyIssue, ...]):
+        self.issues: tuple[PolicyIssue, ...] = tuple(issues)
+        n = len(self.issues)
+        head = f"{n} error{'s' if n != 1 else ''} in policy"
+        super().__init__(head + ":\n" + "\n".join(str(i) for i in self.issues))
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A rate limit: at most `max` admitted calls in any `window_s`-long interval (sliding).
+
+    - `counter`: the counter's name, its identity: rules naming one counter share it.
+    - `window`: `second`, `minute`, `hour` or `day`; `window_s` its length (1, 60, 3600, 86400 s).
+    - `max`: calls per window, >= 1.
+    - `scope`: `grant`, `session`, `client`, `server` or `global` (design §3).
+    - `path`: where it is written, `tools.x.limits[0]` or `all_tools.limits[0]`.
+    """
+
+    counter: str
+    window: str
+    window_s: float
+    max: int
+    scope: str
+    path: str
+
+    def describe(self) -> str:
+        """`30 calls per minute per grant` (or `... for everyone` for the global scope)."""
+        calls = "call" if self.max == 1 else "calls"
+        who = "for everyone" if self.scope == "global" else f"per {self.scope}"
+        return f"{self.max} {calls} per {self.window} {who}"
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One test of a call's arguments: `path` (`args.stage`, `args.tags.team`), `op`, `value`.
+
+    `op` is one of `eq neq in not_in lt lte gt gte regex contains exists`.
+    A path that is absent from the arguments makes every op false except
+    `exists` (which is true when `value` is true and the path is present, or
+    `value` is false and it is absent). `lt lte gt gte` compare numbers (a
+    numeric string argument, as MLflow's versions are, compares as its
+    number) or two strings; other type mixes are false. `regex` searches a
+    string argument (Python `re.search`). `contains` is substring for
+    strings, membership for lists, key presence for objects.
+    """
+
+    path: str
+    op: str
+    value: Any
+    test: Callable[[dict[str, Any]], bool] = field(compare=False, repr=False, default=None)  # type: ignore[assignment]
+
+    def holds(self, arguments: dict[str, Any]) -> bool:
+        """Whether the condition holds for a call's `arguments` (a JSON object)."""
+        return self.test(arguments)
+
+    def describe(self) -> str:
+        """`args.stage eq 'Archived'`."""
+        if self.op == "exists":
+            return f"{self.path} exists" if self.value else f"{self.path} does not exist"
+        return f"{self.path} {self.op} {self.value!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionEntry:
+    """A `deny_if` or `require` entry: all `conditions` must hold for it to match.
+
+    A `deny_if` entry denies when it matches; a `require` entry denies when it
+    does not. `on_deny` is the text the agent reads then (None: a generated
+    one). `path` is `tools.x.deny_if[0]` or `tools.x.require[1]`.
+    """
+
+    conditions: tuple[Condition, ...]
+    on_deny: str | None
+    path: str
+
+    def matches(self, arguments: dict[str, Any]) -> bool:
+        """Whether every condition holds for `arguments`."""
+        for c in self.conditions:
+            if not c.test(arguments):
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRule:
+    """The rules of one tool listed under `tools`.
+
+    - `action`: `allow`, `deny`, `require_approval`, or None when the tool is
+      only listed (which allows it, as PolicyLayer does under `default = "deny"`).
+    - `reason`: why (shown in denials and approval prompts), or None.
+    - `approval_timeout_s`: seconds an approval may wait before the call is
+      denied, or None to use the policy's `approval_timeout_s`.
+    - `risk`: a risk level override (`low medium high critical`) or None.
+    - `limits`, `deny_if`, `require`: tuples of `Limit` and `ConditionEntry`.
+    """
+
+    name: str
+    action: str | None = None
+    reason: str | None = None
+    approval_timeout_s: float | None = None
+    risk: str | None = None
+    limits: tuple[Limit, ...] = ()
+    deny_if: tuple[ConditionEntry, ...] = ()
+    require: tuple[ConditionEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySource:
+    """Where a policy came from, kept for edits (issue 5) and messages.
+
+    `fmt` is `toml` or `json`; `text` the file's text as read; `document` the
+    parsed document: a `tomlkit.TOMLDocument` (comments and layout kept) for
+    TOML, the plain JSON object for JSON.
+    """
+
+    path: str
+    fmt: str
+    text: str
+    document: Any = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A validated policy document (design §3).
+
+    - `version`: `"1"`.
+    - `default`: `allow` or `deny`, for tools not listed under `tools`.
+    - `hide`: tool names removed from `tools/list` and answered as unknown
+      tools; `"*"` hides every tool not listed under `tools`.
+    - `all_tools_limits`: limits every call counts against.
+    - `tools`: tool name -> `ToolRule`.
+    - `on_tool_change`: `warn` or `deny` (deny calls to a tool whose
+      definition changed since first seen).
+    - `approval_timeout_s`: default seconds an approval waits (120).
+    - `source`: the `PolicySource`, or None for a policy built in code.
+    - `warnings`: issues that do not stop the policy loading (limits on a
+      hidden tool, an `approval_timeout` on a tool that needs no approval).
+    """
+
+    version: str
+    default: str
+    hide: tuple[str, ...] = ()
+    all_tools_limits: tuple[Limit, ...] = ()
+    tools: dict[str, ToolRule] = field(default_factory=dict)
+    on_tool_change: str = "warn"
+    approval_timeout_s: float = DEFAULT_APPROVAL_TIMEOUT_S
+    source: PolicySource | None = field(default=None, compare=False, repr=False)
+    warnings: tuple[PolicyIssue, ...] = field(default=(), compare=False, repr=False)
+    _hidden: frozenset[str] = field(init=False, compare=False, repr=False)
+    _hide_all: bool = field(init=False, compare=False, repr=False)
+    _limits: dict[str, tuple[Limit, ...]] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hidden", frozenset(h for h in self.hide if h != "*"))
+        object.__setattr__(self, "_hide_all", "*" in self.hide)
+        object.__setattr__(
+            self, "_limits", {name: rule.limits + self.all_tools_limits for name, rule in self.tools.items()}
+        )
+
+    def is_hidden(self, tool: str) -> bool:
+        """Whether `tool` is hidden: named in `hide`, or unlisted under `hide = ["*"]`."""
+        return tool in self._hidden or (self._hide_all and tool not in self.tools)
+
+    def limits_for(self, tool: str) -> tuple[Limit, ...]:
+        """The limits a call of `tool` counts against: the tool's own, then `all_tools.limits`."""
+        found = self._limits.get(tool)
+        return self.all_tools_limits if found is None else found
+
+    def counter_names(self) -> frozenset[str]:
+        """Names of every counter a rule of this policy names (for `Counters.retain`)."""
+        names = {lim.counter for lim in self.all_tools_limits}
+        for rule in self.tools.values():
+            names.update(lim.counter for lim in rule.limits)
+        return frozenset(names)
+
+    def action_for(self, tool: str) -> str:
+        """The action a call of `tool` gets before conditions and limits:
+        `hidden`, `allow`, `deny` or `require_approval` (for tables and the console tree)."""
+        if self.is_hidden(tool):
+            return "hidden"
+        rule = self.tools.get(tool)
+        if rule is None:
+            return self.default
+        return rule.action or "allow"
+
+
+class TraceStep(NamedTuple):
+    """One rule looked at while deciding: `rule` (its path), `outcome`
+    (`pass`, `deny`, `allow`, `approval`, `warn`), `detail` (a sentence)."""
+
+    rule: str
+    outcome: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.outcome} — {self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the policy says about one `tools/call` (design §3, §6).
+
+    - `action`: `allow`, `deny` or `require_approval`.
+    - `code`: `allowed`, `approval_required`, `policy_denied`, `rate_limited`,
+      `hidden`, `no_policy` or `tool_changed` (stable, for `_meta` and audit).
+    - `message`: the text the agent reads, written so it can act on it.
+    - `rule`: the deciding rule's path (`tools.delete_run.deny_if[0]`,
+      `tools.x.limits[0]`, `tools.x.action`, `tools.x`, `default`, `hide`,
+      `on_tool_change`, `no_policy`).
+    - `retry_after_s`: seconds until a slot frees, for `rate_limited`; else None.
+    - `approval_timeout_s`: seconds an approval may wait, for `require_approval`.
+    - `limits`: the limits to consume when the call is forwarded (empty on deny).
+    - `risk`: the `mcpguard.risk.Risk` passed to `evaluate`, or None.
+    - `trace`: every rule looked at, in order (`TraceStep`s), for `mcpguard explain`.
+    """
+
+    action: str
+    code: str
+    message: str
+    rule: str
+    retry_after_s: float | None = None
+    approval_timeout_s: float | None = None
+    limits: tuple[Limit, ...] = ()
+    risk: Any = None
+    trace: tuple[TraceStep, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.action == "allow"
+
+    def meta(self) -> dict[str, Any]:
+        """The `_meta["mcpguard/decision"]` object of a denied `CallToolResult`:
+        `{"code", "rule", "message"}` plus `retry_after_s` when rate-limited."""
+        out: dict[str, Any] = {"code": self.code, "rule": self.rule, "message": self.message}
+        if self.retry_after_s is not None:
+            out["retry_after_s"] = round(self.retry_after_s, 3)
+        return out
