@@ -1,0 +1,189 @@
+"""The real MLflow stack: environment install, tracking server, seed data, and the
+real `mlflow-mcp` (mcp 1.x in its own venv) answering our mcp 2.x client over stdio."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import httpx
+import mcp_types as types
+import pytest
+from mcp import ClientSession, StdioServerParameters, stdio_client
+
+from mcpguard import stack
+
+TOOLS_JSON = Path(__file__).with_name("mlflow_tools.json")
+
+
+def _tool_names() -> list[str]:
+    data = json.loads(TOOLS_JSON.read_text())
+    return [t["name"] for t in (data["tools"] if isinstance(data, dict) else data)]
+
+
+def _text(result: types.CallToolResult) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+async def test_mlflow_mcp_answers_our_sdk_over_stdio(mlflow_stack):
+    """mlflow-mcp (mcp<2) and our mcp 2.x client interoperate over stdio: the 40 tools,
+    and real calls that read the seeded data."""
+    cfg = mlflow_stack.server_config()
+    params = StdioServerParameters(command=cfg["command"], args=cfg["args"], env=cfg["env"])
+    with open(cfg["stderr_log"], "a") as errlog:
+        async with stdio_client(params, errlog=errlog) as (read, write):
+            async with ClientSession(read, write) as session:
+                init = await session.initialize()
+                assert init.server_info.name
+                listed = await session.list_tools()
+                names = [t.name for t in listed.tools]
+                assert sorted(names) == sorted(_tool_names())
+                assert len(names) == 40
+                by_name = {t.name: t for t in listed.tools}
+                assert by_name["delete_model_version"].annotations.destructive_hint is True
+                assert by_name["get_run"].annotations.read_only_hint is True
+
+                seeded = mlflow_stack.seeded
+                result = await session.call_tool("get_experiment_by_name", {"name": seeded["experiment_name"]})
+                assert not result.is_error
+                assert seeded["experiment_id"] in _text(result)
+
+                result = await session.call_tool("get_model_versions", {"model_name": seeded["model_name"]})
+                assert not result.is_error
+                text = _text(result)
+                for run_id in seeded["run_ids"]:
+                    assert run_id in text
+
+                result = await session.call_tool("get_run", {"run_id": "no-such-run"})
+                assert result.is_error
+
+
+def test_seed_wrote_what_it_says_and_is_idempotent(mlflow_stack):
+    seeded = mlflow_stack.seeded
+    assert len(seeded["run_ids"]) == 3
+    assert seeded["versions"] == ["1", "2", "3"]
+    assert seeded["version_sources"] == [f"runs:/{r}/model" for r in seeded["run_ids"]]
+    out = mlflow_stack.python(
+        f"""
+        import json
+        from mlflow import MlflowClient
+        c = MlflowClient()
+        runs = c.search_runs([{seeded["experiment_id"]!r}])
+        v1 = c.get_model_version({seeded["model_name"]!r}, "1")
+        print(json.dumps({{
+            "runs": len(runs),
+            "metrics": sorted(runs[0].data.metrics),
+            "params": len(runs[0].data.params) > 0,
+            "stage": v1.current_stage,
+            "alias": c.get_model_version_by_alias({seeded["model_name"]!r}, "champion").version,
+        }}))
+        """
+    )
+    assert json.loads(out) == {
+        "runs": 3,
+        "metrics": ["train_loss", "val_accuracy"],
+        "params": True,
+        "stage": "Production",
+        "alias": "1",
+    }
+    again = stack.seed(mlflow_stack.uri, env_dir=mlflow_stack.env_dir)
+    assert again == seeded  # nothing new created
+
+
+def test_mlflow_python_reports_failures(mlflow_stack):
+    with pytest.raises(stack.StackError, match="ZeroDivisionError"):
+        mlflow_stack.python("1/0")
+
+
+def test_server_config_is_a_stdio_upstream(mlflow_stack, tmp_path):
+    cfg = stack.mlflow_server_config(
+        mlflow_stack.uri, policy=tmp_path / "p.toml", stderr_log=tmp_path / "e.log", env_dir=mlflow_stack.env_dir
+    )
+    assert Path(cfg["command"]).name == "mlflow-mcp" and os.access(cfg["command"], os.X_OK)
+    assert cfg["env"] == {
+        "MLFLOW_TRACKING_URI": mlflow_stack.uri,
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    }
+    assert cfg["policy"] == str(tmp_path / "p.toml")
+    assert cfg["stderr_log"] == str(tmp_path / "e.log")
+    assert cfg["name"] == "mlflow"
+
+
+@pytest.mark.e2e
+def test_tracking_server_stops_its_whole_process_group(mlflow_stack, tmp_path):
+    server = stack.MlflowTrackingServer(tmp_path / "data", env_dir=mlflow_stack.env_dir)
+    with server:
+        pid = server.pid
+        assert httpx.get(f"{server.uri}/health").status_code == 200
+        assert (tmp_path / "data" / "mlflow.db").exists()
+        assert server.start_seconds is not None and server.start_seconds > 0
+    assert not server.running
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)  # no process of its group is left
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.uri}/health")
+    server.stop()  # a second stop is harmless
+
+
+@pytest.mark.e2e
+def test_tracking_server_on_a_taken_port_fails_clearly(mlflow_stack, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = stack.MlflowTrackingServer(tmp_path / "data", port=port, env_dir=mlflow_stack.env_dir)
+        with pytest.raises(stack.StackError, match="exited"):
+            server.start()
+        assert not server.running
+
+
+# ---- ensure_mlflow_env: its install steps faked (unit tests of that one function)
+
+
+def _fake_installer(monkeypatch, calls, *, fail=False):
+    def fake_run(cmd, say, quiet=False):
+        calls.append(cmd)
+        if cmd[1:3] == ["-m", "venv"]:
+            (Path(cmd[3]) / "bin").mkdir(parents=True)
+            (Path(cmd[3]) / "bin" / "python").touch()
+        elif "mlflow-mcp==0.4.1" in cmd:
+            if fail:
+                raise stack.StackError("pip failed")
+            bin_dir = Path(cmd[0]).parent
+            (bin_dir / "mlflow-mcp").touch()
+            (bin_dir / "mlflow").touch()
+
+    monkeypatch.setattr(stack, "_run_logged", fake_run)
+
+
+def test_ensure_env_installs_once_and_redoes_an_unfinished_install(monkeypatch, tmp_path):
+    calls: list = []
+    _fake_installer(monkeypatch, calls)
+    half = tmp_path / stack.ENV_DIR_NAME
+    (half / "bin").mkdir(parents=True)
+    (half / "bin" / "leftover").touch()  # a stopped install: no stamp
+    lines: list[str] = []
+    env = stack.ensure_mlflow_env(tmp_path, log=lines.append)
+    assert env == half and stack.is_mlflow_env_ready(env)
+    assert not (half / "bin" / "leftover").exists()
+    assert any("unfinished" in line for line in lines)
+    n = len(calls)
+    assert stack.ensure_mlflow_env(tmp_path, log=lines.append) == env
+    assert len(calls) == n  # the second call installs nothing
+
+
+def test_ensure_env_failure_leaves_no_stamp(monkeypatch, tmp_path):
+    _fake_installer(monkeypatch, [], fail=True)
+    with pytest.raises(stack.StackError, match="pip failed"):
+        stack.ensure_mlflow_env(tmp_path, log=lambda line: None)
+    assert not stack.is_mlflow_env_ready(tmp_path / stack.ENV_DIR_NAME)
+
+
+def test_env_home_follows_mcpguard_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("MCPGUARD_HOME", str(tmp_path))
+    assert stack.mlflow_env_dir() == tmp_path / "mlflow-mcp-0.4.1"
+    with pytest.raises(stack.StackError, match="mcpguard.stack prepare"):
+        stack.mlflow_server_config("http://127.0.0.1:1", policy=None, stderr_log=None)
