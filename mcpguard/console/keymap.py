@@ -1,0 +1,82 @@
+"""The one key table of the console.
+
+Every key is declared once here, with the context it works in, its action,
+help text and a stable id (`Binding(..., id=...)`). Screens take their
+`BINDINGS` from `bindings(context)`, the footer shows them, the `?` help
+screen lists `KEYS`, and the command palette offers every action of the
+current screen from the same table, so the three always agree. A user can
+remap any key by id (`App.set_keymap({"approval.approve": "y"})`, or
+`[console.keys]` in mcpguard.toml).
+
+Contexts: `app` (everywhere), `main` (the main screen), `approval` (the
+approval queue, on the main screen and in the queue dialog), `editor` (the
+policy editor), `nav` (vim keys on lists and tables).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One key: `key` in Textual's key names; `action` is the action method without `action_`."""
+
+    context: str
+    key: str
+    action: str
+    description: str
+    id: str
+    show: bool = True
+    key_display: str | None = None
+    priority: bool = False
+
+
+KEYS: tuple[Key, ...] = (
+    Key("app", "ctrl+q", "quit", "Quit", "app.quit", priority=True, key_display="^q"),
+    Key("app", "question_mark", "help", "Keys", "app.help", key_display="?"),
+    Key("main", "slash", "filter", "Filter", "main.filter", key_display="/"),
+    Key("main", "escape", "clear_filter", "Clear filter", "main.clear_filter", show=False),
+    Key("main", "F", "follow", "Follow", "main.follow"),
+    Key("main", "e", "edit_policy", "Edit", "main.edit_policy"),
+    Key("approval", "a", "approve", "Approve", "approval.approve"),
+    Key("approval", "d", "deny", "Deny", "approval.deny"),
+    Key("approval", "A", "approve_session", "Session", "approval.approve_session"),
+    Key("approval", "right_square_bracket", "next_approval", "Next approval", "approval.next",
+        show=False, key_display="]"),
+    Key("approval", "left_square_bracket", "prev_approval", "Previous approval", "approval.prev",
+        show=False, key_display="["),
+    Key("editor", "ctrl+s", "save", "Save & apply", "editor.save", priority=True, key_display="^s"),
+    Key("editor", "escape", "close", "Back", "editor.close"),
+    Key("editor", "ctrl+t", "open_approvals", "Approvals", "editor.approvals", priority=True, key_display="^t"),
+    Key("queue", "escape", "close", "Close", "queue.close"),
+    Key("nav", "j", "cursor_down", "Down", "nav.down", show=False),
+    Key("nav", "k", "cursor_up", "Up", "nav.up", show=False),
+    Key("nav", "g", "scroll_home", "First", "nav.first", show=False),
+    Key("nav", "G", "scroll_end", "Last", "nav.last", show=False),
+)
+
+CONTEXT_TITLES = {
+    "app": "Everywhere",
+    "main": "Main screen",
+    "approval": "Approval queue",
+    "editor": "Policy editor",
+    "queue": "Approval dialog",
+    "nav": "Lists and tables",
+}
+
+
+def bindings(*contexts: str) -> list[Binding]:
+    """Textual `Binding`s for the keys of `contexts`, in table order."""
+    return [
+        Binding(k.key, k.action, k.description, show=k.show, key_display=k.key_display,
+                priority=k.priority, id=k.id)
+        for k in KEYS if k.context in contexts
+    ]
+
+
+def keys_for(context: str) -> list[Key]:
+    """The keys of one context, in table order."""
+    return [k for k in KEYS if k.context == context]

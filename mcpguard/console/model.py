@@ -1,0 +1,222 @@
+"""What the console knows, built from bus events; no widgets here.
+
+`CallLog` folds `mcpguard.events` into one `CallRecord` per `tools/call`,
+keeps the newest `max_rows`, counts calls per minute, denials and pending
+approvals, and holds the latest view of every rate-limit counter. The
+screen applies a batch of events, then redraws only what changed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcpguard import events as ev
+
+DENIAL_CODES = frozenset({
+    "policy_denied", "rate_limited", "approval_denied", "approval_timeout",
+    "policy_changed", "hidden", "no_policy", "tool_changed", "denied", "timed_out",
+})
+
+
+#: decision codes as the table shows them (at most 9 columns wide)
+SHORT_CODES = {"policy_denied": "deny", "rate_limited": "limited", "hidden": "hidden",
+               "no_policy": "no policy", "tool_changed": "changed", "approval_required": "pending"}
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """One `tools/call` as the console shows it. Times are epoch seconds."""
+
+    call_id: str
+    ts: float
+    server: str
+    tool: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    caller: str = ""
+    session_id: str | None = None
+    action: str | None = None        # allow | deny | require_approval
+    code: str | None = None          # decision code, then the final outcome
+    rule: str | None = None
+    message: str = ""
+    risk: str | None = None
+    retry_after_s: float | None = None
+    approval_id: str | None = None
+    pending: bool = False
+    approval_outcome: str | None = None
+    approved_by: str | None = None
+    outcome: str | None = None
+    done: bool = False
+    is_error: bool = False
+    duration_ms: float | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def decision_label(self) -> str:
+        """Short decision text for the table: `allow`, `rate_limited`, `pending`, `approved`, ..."""
+        if self.pending:
+            return "pending"
+        if self.approval_outcome:
+            return {"approved": "approved", "denied": "denied", "timed_out": "timed out"}.get(
+                self.approval_outcome, self.approval_outcome)
+        if self.action is None:
+            return "…"
+        if self.action == "allow":
+            return "allow"
+        return SHORT_CODES.get(self.code or "", self.code or self.action)
+
+    @property
+    def denied(self) -> bool:
+        """True when mcpguard answered the call with a denial."""
+        if self.outcome is not None:
+            return self.outcome in DENIAL_CODES
+        return self.action == "deny" or self.approval_outcome in ("denied", "timed_out")
+
+    @property
+    def result_label(self) -> str:
+        """`ok`, `error`, `denied`, `waiting` or `…`."""
+        if not self.done:
+            return "waiting" if self.pending else "…"
+        if self.denied:
+            return "denied"
+        return "error" if self.is_error else "ok"
+
+    def search_text(self) -> str:
+        """What `/` matches against: tool, server, decision, risk, caller."""
+        return " ".join(filter(None, (self.tool, self.server, self.decision_label, self.code,
+                                      self.outcome, self.risk, self.caller))).lower()
+
+
+@dataclass(slots=True)
+class CounterView:
+    """The latest view of one counter (from `CounterChanged`)."""
+
+    server: str
+    counter: str
+    scope: str
+    scope_key: str
+    count: int
+    max: int
+    window_s: float
+    retry_after_s: float
+    seen_at: float  # epoch seconds when this view was taken
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.server, self.counter, self.scope_key)
+
+    def frees_in(self, now: float) -> float:
+        """Seconds until a slot frees, counted down from when the view was taken."""
+        return max(0.0, self.retry_after_s - (now - self.seen_at))
+
+    @property
+    def ratio(self) -> float:
+        return self.count / self.max if self.max else 1.0
+
+
+class CallLog:
+    """The newest `max_rows` calls, counters, and the status-bar figures."""
+
+    def __init__(self, max_rows: int = 2000) -> None:
+        self.max_rows = max(1, max_rows)
+        self.calls: OrderedDict[str, CallRecord] = OrderedDict()
+        self.counters: dict[tuple[str, str, str], CounterView] = {}
+        self.pending: OrderedDict[str, ev.ApprovalRequested] = OrderedDict()
+        self.denied_total = 0
+        self.dropped_events = 0
+        self.evicted: list[str] = []
+        self._recent: deque[float] = deque()
+        self.policy_errors: dict[str, tuple[str, ...]] = {}
+        self.upstream_state: dict[str, str] = {}
+        self.changed_tools: set[tuple[str, str]] = set()
+
+    def calls_per_minute(self, now: float | None = None) -> int:
+        """Calls received in the last 60 seconds."""
+        now = time.time() if now is None else now
+        while self._recent and self._recent[0] < now - 60:
+            self._recent.popleft()
+        return len(self._recent)
+
+    def _record(self, call_id: str, e: Any) -> CallRecord:
+        rec = self.calls.get(call_id)
+        if rec is None:  # a call we saw no CallReceived for (evicted, or joined late)
+            rec = CallRecord(call_id=call_id, ts=e.ts, server=e.server, tool=e.tool)
+            self._add(rec)
+        return rec
+
+    def _add(self, rec: CallRecord) -> None:
+        self.calls[rec.call_id] = rec
+        while len(self.calls) > self.max_rows:
+            old, _ = self.calls.popitem(last=False)
+            self.evicted.append(old)
+
+    def apply(self, events: Iterable[ev.Event]) -> tuple[list[str], set[str]]:
+        """Fold a batch of events in; returns (new call ids in order, changed call ids).
+
+        Ids evicted to keep `max_rows` are appended to `self.evicted`.
+        """
+        new: list[str] = []
+        changed: set[str] = set()
+        for e in events:
+            if isinstance(e, ev.CallReceived):
+                rec = CallRecord(call_id=e.call_id, ts=e.ts, server=e.server, tool=e.tool,
+                                 arguments=e.arguments, caller=e.client or e.grant,
+                                 session_id=e.session_id)
+                self._add(rec)
+                self._recent.append(e.ts)
+                new.append(e.call_id)
+            elif isinstance(e, ev.CallDecided):
+                rec = self._record(e.call_id, e)
+                rec.action, rec.code, rec.rule, rec.message = e.action, e.code, e.rule, e.message
+                rec.retry_after_s = e.retry_after_s
+                rec.risk = e.risk or rec.risk
+                changed.add(e.call_id)
+            elif isinstance(e, ev.ApprovalRequested):
+                self.pending[e.approval_id] = e
+                rec = self._record(e.call_id, e)
+                rec.approval_id, rec.pending = e.approval_id, True
+                rec.risk = e.risk or rec.risk
+                if not rec.arguments:
+                    rec.arguments = e.arguments
+                changed.add(e.call_id)
+            elif isinstance(e, ev.ApprovalResolved):
+                self.pending.pop(e.approval_id, None)
+                rec = self.calls.get(e.call_id)
+                if rec is not None:
+                    rec.pending = False
+                    rec.approval_outcome = e.outcome
+                    rec.approved_by = e.by
+                    changed.add(e.call_id)
+            elif isinstance(e, ev.CallCompleted):
+                rec = self._record(e.call_id, e)
+                rec.pending = False
+                rec.done, rec.outcome, rec.is_error = True, e.outcome, e.is_error
+                rec.duration_ms, rec.result, rec.error = e.duration_ms, e.result, e.error
+                if rec.denied:
+                    self.denied_total += 1
+                changed.add(e.call_id)
+            elif isinstance(e, ev.CounterChanged):
+                key = (e.server, e.counter, e.scope_key)
+                if e.count <= 0:
+                    self.counters.pop(key, None)
+                else:
+                    self.counters[key] = CounterView(e.server, e.counter, e.scope, e.scope_key,
+                                                     e.count, e.max, e.window_s, e.retry_after_s,
+                                                     seen_at=e.ts)
+            elif isinstance(e, ev.PolicyRejected):
+                self.policy_errors[e.server] = e.errors
+            elif isinstance(e, ev.PolicyReloaded):
+                self.policy_errors.pop(e.server, None)
+            elif isinstance(e, ev.UpstreamState):
+                self.upstream_state[e.server] = e.state
+            elif isinstance(e, ev.ToolChanged):
+                self.changed_tools.add((e.server, e.tool))
+            elif isinstance(e, ev.EventsDropped):
+                self.dropped_events += e.count
+        changed.difference_update(new)
+        live = self.calls.keys()
+        return [c for c in new if c in live], {c for c in changed if c in live}

@@ -1,0 +1,455 @@
+"""The console's screens: main, policy editor, approval queue dialog, help, quit confirm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.reactive import reactive
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, DataTable, Footer, Input, Label, Static, TextArea, Tree
+
+from mcpguard.console.keymap import CONTEXT_TITLES, KEYS, bindings
+from mcpguard.console.widgets import (
+    STATE_WORD, ApprovalPrompt, CallTable, DetailPane, GaugePanel, ServerTree, StatusBar,
+    fmt_window, theme_color,
+)
+
+if TYPE_CHECKING:
+    from mcpguard.console.app import ConsoleApp
+
+
+class MainScreen(Screen):
+    """Tree, live call table, detail, gauges, approval prompt and status bar."""
+
+    KEY_CONTEXTS = ("main", "approval")
+    BINDINGS = bindings("approval", "main")
+    app: ConsoleApp
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        with Horizontal(id="body"):
+            with Vertical(id="left"):
+                yield ServerTree(id="tree")
+                yield GaugePanel(id="gauges")
+            with Vertical(id="right"):
+                yield Input(placeholder="filter: tool, server, decision or risk words", id="filter")
+                yield CallTable(id="calls")
+                yield ApprovalPrompt(id="approval")
+                yield DetailPane(id="detail")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#tree", ServerTree).border_title = "servers"
+        self.query_one("#gauges", GaugePanel).border_title = "counters"
+        self.query_one("#calls", CallTable).border_title = "calls"
+        self.query_one("#filter", Input).display = False
+        self.query_one("#approval", ApprovalPrompt).display = False
+        self.query_one("#calls", CallTable).focus()
+        self.app.refresh_views()
+        self._layout_for(self.size.width)
+
+    def on_resize(self, event: Any) -> None:
+        self._layout_for(event.size.width)
+
+    def _layout_for(self, width: int) -> None:
+        narrow = width < 110
+        self.set_class(narrow, "-narrow")
+        self.call_after_refresh(self._fit_table, narrow)
+
+    def _fit_table(self, narrow: bool) -> None:
+        table = self.query_one("#calls", CallTable)
+        if table.size.width:
+            table.fit(narrow, self.app.model)
+
+    # -- data from the app -----------------------------------------------------
+    def apply_batch(self, new: list[str], changed: set[str], evicted: list[str]) -> None:
+        table = self.query_one("#calls", CallTable)
+        table.apply(self.app.model, new, changed, evicted)
+        sel = table.selected_call_id()
+        if sel is not None and (sel in changed or sel in new) and table.has_focus:
+            self._show_call(sel)
+
+    def refresh_pending(self) -> None:
+        prompt = self.query_one("#approval", ApprovalPrompt)
+        pending = list(self.app.model.pending.values())
+        prompt.display = bool(pending)
+        prompt.show(pending, self.app.clock())
+        self.refresh_bindings()
+
+    def refresh_status(self) -> None:
+        self.query_one("#status", StatusBar).show(**self.app.status_fields())
+
+    def refresh_tree(self) -> None:
+        self.query_one("#tree", ServerTree).set_servers(self.app.server_views())
+
+    def refresh_gauges(self) -> None:
+        self.query_one("#gauges", GaugePanel).show(list(self.app.model.counters.values()), self.app.clock())
+
+    def show_welcome(self) -> None:
+        detail = self.query_one("#detail", DetailPane)
+        detail.show_text(self.app.welcome_text())
+
+    # -- selection ----------------------------------------------------------------
+    def _show_call(self, call_id: str) -> None:
+        rec = self.app.model.calls.get(call_id)
+        if rec is not None:
+            self.query_one("#detail", DetailPane).show_call(rec)
+
+    @on(DataTable.RowHighlighted, "#calls")
+    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key is not None and event.row_key.value:
+            self._show_call(event.row_key.value)
+
+    @on(Tree.NodeHighlighted, "#tree")
+    def _node_highlighted(self, event: Tree.NodeHighlighted) -> None:
+        tree = self.query_one("#tree", ServerTree)
+        if not tree.has_focus or not event.node.data:
+            return
+        data = event.node.data
+        detail = self.query_one("#detail", DetailPane)
+        if data.get("tool"):
+            detail.show_text(self.app.tool_text(data["server"], data["tool"]))
+        else:
+            detail.show_text(self.app.server_text(data["server"]))
+
+    # -- filter ---------------------------------------------------------------------
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.value or box.display:
+            box.value = ""
+            box.display = False
+            self._apply_filter("")
+            self.query_one("#calls", CallTable).focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self._apply_filter(event.value)
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        if not event.value:
+            self.query_one("#filter", Input).display = False
+        self.query_one("#calls", CallTable).focus()
+
+    def _apply_filter(self, text: str) -> None:
+        table = self.query_one("#calls", CallTable)
+        table.set_filter(text, self.app.model)
+        self.query_one("#tree", ServerTree).set_filter(text)
+        table.border_title = f"calls · filter: {text}" if text else "calls"
+
+    # -- follow ---------------------------------------------------------------------
+    def action_follow(self) -> None:
+        table = self.query_one("#calls", CallTable)
+        table.follow()
+        table.focus()
+
+    # -- approvals ----------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("approve", "deny", "approve_session", "next_approval", "prev_approval"):
+            return bool(self.app.model.pending)
+        return True
+
+    def _current_approval(self) -> str | None:
+        prompt = self.query_one("#approval", ApprovalPrompt)
+        return prompt.current_id
+
+    def action_approve(self) -> None:
+        self.app.answer(self._current_approval(), "approve")
+
+    def action_approve_session(self) -> None:
+        self.app.answer(self._current_approval(), "approve_session")
+
+    def action_deny(self) -> None:
+        self.app.answer(self._current_approval(), "deny")
+
+    def action_next_approval(self) -> None:
+        prompt = self.query_one("#approval", ApprovalPrompt)
+        prompt.step(list(self.app.model.pending.values()), +1)
+        self.refresh_pending()
+
+    def action_prev_approval(self) -> None:
+        prompt = self.query_one("#approval", ApprovalPrompt)
+        prompt.step(list(self.app.model.pending.values()), -1)
+        self.refresh_pending()
+
+    # -- editor -----------------------------------------------------------------------
+    def action_edit_policy(self) -> None:
+        tree = self.query_one("#tree", ServerTree)
+        server = None
+        if tree.cursor_node is not None and tree.cursor_node.data:
+            server = tree.cursor_node.data.get("server")
+        self.app.open_editor(server)
+
+
+class ApprovalQueueScreen(ModalScreen[None]):
+    """The approval queue as a dialog, opened from the policy editor's banner.
+
+    One dialog at a time: it shows the queue ("1 of 3") and closes itself
+    when the queue is empty.
+    """
+
+    KEY_CONTEXTS = ("approval", "queue")
+    BINDINGS = bindings("approval", "queue")
+    app: ConsoleApp
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="queue-dialog"):
+            yield ApprovalPrompt(id="queue-prompt")
+            yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.refresh_pending()
+
+    def refresh_pending(self) -> None:
+        pending = list(self.app.model.pending.values())
+        if not pending:
+            self.dismiss(None)
+            return
+        self.query_one("#queue-prompt", ApprovalPrompt).show(pending, self.app.clock())
+
+    def _current(self) -> str | None:
+        return self.query_one("#queue-prompt", ApprovalPrompt).current_id
+
+    def action_approve(self) -> None:
+        self.app.answer(self._current(), "approve")
+
+    def action_approve_session(self) -> None:
+        self.app.answer(self._current(), "approve_session")
+
+    def action_deny(self) -> None:
+        self.app.answer(self._current(), "deny")
+
+    def action_next_approval(self) -> None:
+        self.query_one("#queue-prompt", ApprovalPrompt).step(list(self.app.model.pending.values()), +1)
+        self.refresh_pending()
+
+    def action_prev_approval(self) -> None:
+        self.query_one("#queue-prompt", ApprovalPrompt).step(list(self.app.model.pending.values()), -1)
+        self.refresh_pending()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class PolicyTextArea(TextArea):
+    """A TOML/JSON code editor that marks the line of the first policy error."""
+
+    error_line: reactive[int | None] = reactive(None)  # 0-based
+
+    def get_line(self, line_index: int) -> Text:
+        line = super().get_line(line_index)
+        if self.error_line is not None and line_index == self.error_line:
+            line = line.copy()
+            line.stylize(f"underline {theme_color(self, 'error', 'red')}")
+            if not line.plain:
+                line = Text(" ", style=f"on {theme_color(self, 'error', 'red')}")
+        return line
+
+    def watch_error_line(self) -> None:
+        self._line_cache.clear() if hasattr(self, "_line_cache") else None
+        self.refresh()
+
+
+class EditorScreen(Screen):
+    """The policy file of one server in a TOML (or JSON) editor.
+
+    Validates as you type with `mcpguard.policy.parse_policy` and marks the
+    first error's line; `ctrl+s` writes the file atomically and applies the
+    policy at once; a policy with errors is never written nor applied.
+    Pending approvals show as a banner; `ctrl+t` opens the queue.
+    """
+
+    KEY_CONTEXTS = ("editor",)
+    BINDINGS = bindings("editor")
+    app: ConsoleApp
+
+    def __init__(self, server: str, path: Path) -> None:
+        super().__init__()
+        self.server = server
+        self.path = path
+        self.fmt = "json" if path.suffix.lower() == ".json" else "toml"
+        self.issues: list[Any] = []
+        self.saved_text = ""
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="editor-title")
+        yield Static(id="editor-banner")
+        yield PolicyTextArea.code_editor("", language=self.fmt, id="editor", soft_wrap=False)
+        yield Static(id="editor-errors")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except OSError as exc:
+            text = ""
+            self.notify(f"cannot read {self.path}: {exc}", severity="error")
+        self.saved_text = text
+        area = self.query_one("#editor", PolicyTextArea)
+        area.load_text(text)
+        area.focus()
+        self.query_one("#editor-title", Static).update(
+            Text.assemble((" policy ", "bold reverse"), f" {self.server} · {self.path}"))
+        self.validate(text)
+        self.refresh_pending()
+
+    def refresh_pending(self) -> None:
+        n = len(self.app.model.pending)
+        banner = self.query_one("#editor-banner", Static)
+        banner.display = bool(n)
+        if n:
+            banner.update(Text(f" {n} approval{'s' if n != 1 else ''} pending · ctrl+t opens the queue ",
+                               style="bold"))
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "open_approvals":
+            return bool(self.app.model.pending)
+        return True
+
+    @on(TextArea.Changed, "#editor")
+    def _changed(self, event: TextArea.Changed) -> None:
+        self.validate(event.text_area.text)
+
+    def validate(self, text: str) -> Any:
+        """Parse `text`; show the errors and mark the first one's line. Returns the Policy or None."""
+        from mcpguard.policy import PolicyError, parse_policy
+
+        area = self.query_one("#editor", PolicyTextArea)
+        out = self.query_one("#editor-errors", Static)
+        try:
+            policy = parse_policy(text, self.fmt, str(self.path))
+        except PolicyError as exc:
+            self.issues = list(exc.issues)
+            first = self.issues[0]
+            area.error_line = max(0, first.line - 1)
+            msg = Text()
+            for issue in self.issues[:3]:
+                msg.append(f"✗ line {issue.line} col {issue.col}: {issue.message}",
+                           style=theme_color(self, "error"))
+                if issue.hint:
+                    msg.append(f" ({issue.hint})", style="dim")
+                msg.append("\n")
+            if len(self.issues) > 3:
+                msg.append(f"… and {len(self.issues) - 3} more\n", style="dim")
+            msg.append("not applied: the running policy stays until this one is valid", style="dim")
+            out.update(msg)
+            out.set_class(True, "-error")
+            return None
+        self.issues = []
+        area.error_line = None
+        dirty = text != self.saved_text
+        out.update(Text("✓ valid" + (" · ctrl+s saves and applies" if dirty else " · saved"),
+                        style=theme_color(self, "success")))
+        out.set_class(False, "-error")
+        return policy
+
+    async def action_save(self) -> None:
+        text = self.query_one("#editor", PolicyTextArea).text
+        policy = self.validate(text)
+        if policy is None:
+            self.notify("the policy has errors; nothing was written or applied", severity="error")
+            return
+        try:
+            await self.app.save_policy(self.server, self.path, text, policy)
+        except Exception as exc:  # noqa: BLE001 - shown to the person, nothing lost
+            self.notify(f"not saved: {exc}", severity="error")
+            return
+        self.saved_text = text
+        self.validate(text)
+        self.notify(f"saved {self.path.name} and applied to {self.server}")
+
+    def action_close(self) -> None:
+        self.app.pop_screen()
+
+    def action_open_approvals(self) -> None:
+        if self.app.model.pending:
+            self.app.push_screen(ApprovalQueueScreen())
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key of the key table, by context (`?`)."""
+
+    BINDINGS = [Binding("escape,question_mark,q", "close", "Close", id="help.close")]
+
+    def compose(self) -> ComposeResult:
+        t = Text()
+        for ctx, title in CONTEXT_TITLES.items():
+            keys = [k for k in KEYS if k.context == ctx]
+            if not keys:
+                continue
+            t.append(f"{title}\n", style="bold underline")
+            for k in keys:
+                t.append(f"  {(k.key_display or k.key):<8}", style="bold")
+                t.append(f"{k.description}\n")
+            t.append("\n")
+        t.append("Tree glyphs  ", style="bold")
+        t.append("✓ allowed  ≤ limited  ? needs approval  ✗ denied  - hidden\n")
+        t.append("Colors are risk: low, medium, high, critical (see the theme).\n", style="dim")
+        t.append("ctrl+p opens the command palette (actions, themes).", style="dim")
+        with VerticalScroll(id="help-dialog"):
+            yield Static(t)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmQuitScreen(ModalScreen[bool]):
+    """Quit while approvals are pending? Yes denies them."""
+
+    BINDINGS = [Binding("y", "answer(True)", "Quit and deny", id="quit.yes"),
+                Binding("n,escape", "answer(False)", "Stay", id="quit.no")]
+
+    def __init__(self, pending: int) -> None:
+        super().__init__()
+        self.pending = pending
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="quit-dialog"):
+            yield Label(f"{self.pending} approval{'s' if self.pending != 1 else ''} pending. "
+                        "Quit and deny them?")
+            with Horizontal(id="quit-buttons"):
+                yield Button("Quit and deny (y)", variant="error", id="yes")
+                yield Button("Stay (n)", id="no")
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, value: bool) -> None:
+        self.dismiss(value)
+
+
+def tool_detail_text(server: str, tool: str, view: Any, policy: Any) -> Text:
+    """The selected tool's risk and policy, for the detail pane."""
+    t = Text()
+    t.append(f"{server} / ", style="dim")
+    t.append(f"{tool}\n", style="bold")
+    if view is not None:
+        t.append(f"risk {view.risk}" + (f" ({view.risk_kind})" if view.risk_kind else "") + "\n")
+        t.append(f"policy {STATE_WORD.get(view.state, view.state)}\n")
+    rule = getattr(policy, "tools", {}).get(tool) if policy is not None else None
+    if rule is not None:
+        if rule.reason:
+            t.append(f"reason {rule.reason}\n", style="italic")
+        for lim in getattr(policy, "limits_for", lambda _t: ())(tool):
+            t.append(f"limit {lim.counter}: {lim.max}{fmt_window(lim.window_s)} per {lim.scope}\n")
+        for e in rule.deny_if:
+            t.append(f"deny_if {e.path}: {e.on_deny or ''}\n")
+        for e in rule.require:
+            t.append(f"require {e.path}: {e.on_deny or ''}\n")
+    elif policy is not None:
+        t.append(f"not listed: default {policy.default}\n", style="dim")
+    t.append("\ne edits this server's policy", style="dim")
+    return t

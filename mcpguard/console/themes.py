@@ -1,0 +1,82 @@
+"""Console themes as files: `themes/*.toml` loaded as Textual themes.
+
+A theme file holds Textual's theme colors (`name`, `dark`, `primary`,
+`secondary`, `accent`, `foreground`, `background`, `surface`, `panel`,
+`success`, `warning`, `error`) and a `[variables]` table of extra CSS
+variables. The console reads `risk-low`, `risk-medium`, `risk-high`,
+`risk-critical`, `gauge-ok` and `pending` from it; a theme that leaves one out
+gets the fallback in `RISK_FALLBACK`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from textual.theme import Theme
+
+#: Where themes are looked up, in order; a later file with the same name wins.
+THEME_DIRS: tuple[Path, ...] = (
+    Path(__file__).resolve().parents[2] / "themes",
+    Path.home() / ".config" / "mcpguard" / "themes",
+)
+
+DEFAULT_THEME = "mcpguard-dark"
+
+RISK_FALLBACK = {
+    "risk-low": "#5faf5f",
+    "risk-medium": "#d7af5f",
+    "risk-high": "#ff875f",
+    "risk-critical": "#ff5f87",
+    "gauge-ok": "#5fafff",
+    "pending": "#ffd75f",
+}
+
+_COLOR_KEYS = ("primary", "secondary", "accent", "foreground", "background",
+               "surface", "panel", "boost", "success", "warning", "error")
+
+
+class ThemeFileError(ValueError):
+    """A theme file that cannot be read; the message names the file."""
+
+
+def theme_from_toml(path: Path) -> Theme:
+    """Read one theme file into a `textual.theme.Theme`.
+
+    Raises `ThemeFileError` (file name and reason) on bad TOML or a missing
+    `name`/`primary`.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ThemeFileError(f"{path}: {exc}") from exc
+    if not isinstance(data.get("name"), str) or not isinstance(data.get("primary"), str):
+        raise ThemeFileError(f"{path}: a theme needs string keys 'name' and 'primary'")
+    variables = {**RISK_FALLBACK, **{str(k): str(v) for k, v in data.get("variables", {}).items()}}
+    colors = {k: str(data[k]) for k in _COLOR_KEYS if k in data}
+    return Theme(name=data["name"], dark=bool(data.get("dark", True)), variables=variables, **colors)
+
+
+def load_themes(dirs: tuple[Path, ...] | None = None) -> tuple[list[Theme], list[str]]:
+    """All themes found in `dirs` (default `THEME_DIRS`), and the errors of files that failed."""
+    themes: dict[str, Theme] = {}
+    errors: list[str] = []
+    for d in THEME_DIRS if dirs is None else dirs:
+        if not d.is_dir():
+            continue
+        for path in sorted(d.glob("*.toml")):
+            try:
+                t = theme_from_toml(path)
+            except ThemeFileError as exc:
+                errors.append(str(exc))
+                continue
+            themes[t.name] = t
+    return list(themes.values()), errors
+
+
+def resolve_theme_name(name: str, available: list[str]) -> str | None:
+    """Accept `dark` for `mcpguard-dark` as well as full names; None if unknown."""
+    for cand in (name, f"mcpguard-{name}"):
+        if cand in available:
+            return cand
+    return None

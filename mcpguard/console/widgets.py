@@ -1,0 +1,553 @@
+"""The console's widgets: server/tool tree, call table, detail pane, gauges,
+approval prompt and status bar.
+
+Attributes down, messages up (style.md §3): the screen hands each widget its
+data (`CallLog`, server views); widgets post messages (`CallTable.FollowChanged`)
+and never reach into a sibling.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Group
+from rich.json import JSON
+from rich.text import Text
+from textual import events
+from textual.containers import VerticalScroll
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import DataTable, Static, Tree
+from textual.widgets.tree import TreeNode
+
+from mcpguard.console.keymap import bindings
+from mcpguard.console.model import CallLog, CallRecord, CounterView
+
+RISK_LEVELS = ("low", "medium", "high", "critical")
+STATE_GLYPH = {"allowed": "✓", "limited": "≤", "approval": "?", "denied": "✗", "hidden": "-"}
+STATE_WORD = {"allowed": "allowed", "limited": "limited", "approval": "needs approval",
+              "denied": "denied", "hidden": "hidden"}
+
+
+def fmt_clock(ts: float) -> str:
+    """Epoch seconds as local `HH:MM:SS`."""
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def fmt_duration(seconds: float) -> str:
+    """`45s`, `1m05s`, `2h03m`: a compact, non-negative duration."""
+    s = max(0, int(seconds + 0.999))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def fmt_window(window_s: float) -> str:
+    return {1: "/s", 60: "/min", 3600: "/h", 86400: "/day"}.get(int(window_s), f"/{fmt_duration(window_s)}")
+
+
+def theme_color(widget: Any, name: str, fallback: str = "") -> str:
+    """A color from the app's current theme variables (`risk-high`, `warning`, ...)."""
+    try:
+        return widget.app.theme_variables.get(name, fallback)
+    except Exception:
+        return fallback
+
+
+# -- tree ----------------------------------------------------------------------
+@dataclass(slots=True)
+class ToolView:
+    """One tool in the tree: its risk level and policy state."""
+
+    name: str
+    risk: str = "medium"
+    risk_kind: str = ""
+    state: str = "allowed"   # allowed | limited | approval | denied | hidden
+    changed: bool = False
+
+
+@dataclass(slots=True)
+class ServerView:
+    """One upstream in the tree."""
+
+    name: str
+    state: str = "starting"
+    tools: list[ToolView] = field(default_factory=list)
+    policy_path: str = ""
+    policy_error: str | None = None
+
+
+class ServerTree(Tree[dict]):
+    """Servers and their tools, colored by risk, each with its policy state."""
+
+    BINDINGS = bindings("nav")
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__("servers", **kw)
+        self.show_root = False
+        self.guide_depth = 2
+        self._servers: list[ServerView] = []
+        self._filter = ""
+
+    def set_servers(self, servers: list[ServerView]) -> None:
+        self._servers = servers
+        self._rebuild()
+
+    def set_filter(self, text: str) -> None:
+        self._filter = text.strip().lower()
+        self._rebuild()
+
+    def _matches(self, server: ServerView, tool: ToolView) -> bool:
+        f = self._filter
+        if not f:
+            return True
+        hay = f"{server.name} {tool.name} {tool.risk} {tool.state} {STATE_WORD[tool.state]}".lower()
+        return all(part in hay for part in f.split())
+
+    def _server_label(self, s: ServerView) -> Text:
+        color = {"up": "success", "starting": "warning", "restarting": "warning",
+                 "down": "error"}.get(s.state, "warning")
+        label = Text.assemble((s.name, "bold"), "  ", (s.state, theme_color(self, color)))
+        if any(t.changed for t in s.tools):
+            label.append("  tools changed", style=theme_color(self, "warning"))
+        if s.policy_error:
+            label.append("  policy error", style=theme_color(self, "error"))
+        return label
+
+    def _tool_label(self, t: ToolView) -> Text:
+        color = theme_color(self, f"risk-{t.risk}")
+        label = Text.assemble((STATE_GLYPH.get(t.state, "?") + " ", color), (t.name, color))
+        if t.state == "hidden":
+            label.stylize("dim strike")
+        if t.changed:
+            label.append(" !", style=theme_color(self, "warning"))
+        return label
+
+    def _rebuild(self) -> None:
+        expanded = {n.data["server"] for n in self.root.children
+                    if n.data and not n.data.get("tool") and not n.is_expanded} if self.root.children else set()
+        cursor = self.cursor_node.data if self.cursor_node is not None else None
+        self.clear()
+        target: TreeNode | None = None
+        for s in self._servers:
+            tools = [t for t in s.tools if self._matches(s, t)]
+            node = self.root.add(self._server_label(s), data={"server": s.name},
+                                 expand=s.name not in expanded)
+            for t in tools:
+                leaf = node.add_leaf(self._tool_label(t), data={"server": s.name, "tool": t.name})
+                if cursor and cursor.get("tool") == t.name and cursor.get("server") == s.name:
+                    target = leaf
+            if cursor and not cursor.get("tool") and cursor.get("server") == s.name:
+                target = node
+        if target is not None:
+            self.move_cursor(target, animate=False)
+
+    def tool_view(self, server: str, tool: str) -> ToolView | None:
+        for s in self._servers:
+            if s.name == server:
+                return next((t for t in s.tools if t.name == tool), None)
+        return None
+
+    def server_view(self, server: str) -> ServerView | None:
+        return next((s for s in self._servers if s.name == server), None)
+
+
+# -- call table ----------------------------------------------------------------
+# (key, label, width); the tool column (width 0) takes what the others leave.
+COLUMNS_WIDE = (("time", "time", 8), ("server", "server", 7), ("tool", "tool", 0),
+                ("caller", "caller", 10), ("decision", "decision", 9),
+                ("latency", "ms", 5), ("result", "result", 7))
+COLUMNS_NARROW = (("time", "time", 8), ("tool", "tool", 0), ("decision", "decision", 9),
+                  ("latency", "ms", 5), ("result", "result", 7))
+
+
+class CallTable(DataTable):
+    """The live call table; follows the newest call until the person scrolls or selects.
+
+    `following` is True while the newest row is kept in view; `new_count`
+    counts rows that arrived since following stopped. Posts `FollowChanged`.
+    """
+
+    BINDINGS = bindings("nav")
+
+    following: reactive[bool] = reactive(True)
+    new_count: reactive[int] = reactive(0)
+
+    class FollowChanged(Message):
+        """Following the newest call started or stopped."""
+
+        def __init__(self, following: bool) -> None:
+            super().__init__()
+            self.following = following
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kw)
+        self.narrow = False
+        self._filter = ""
+        self._columns_spec = COLUMNS_WIDE
+
+    def on_mount(self) -> None:
+        self._add_columns()
+        self._update_subtitle()
+
+    def _tool_width(self) -> int:
+        avail = self.size.width - 1  # room for the vertical scrollbar
+        fixed = sum(w for _, _, w in self._columns_spec) + 2 * self.cell_padding * len(self._columns_spec)
+        return max(12, avail - fixed)
+
+    def _add_columns(self) -> None:
+        self._fitted_width = self.size.width
+        for key, label, width in self._columns_spec:
+            self.add_column(label, width=width or self._tool_width(), key=key)
+
+    def fit(self, narrow: bool, log: CallLog) -> None:
+        """Pick the column set for the width and size the tool column to fill the rest."""
+        if narrow == self.narrow and self.columns and self.size.width == getattr(self, "_fitted_width", -1):
+            return
+        self.narrow = narrow
+        self._columns_spec = COLUMNS_NARROW if narrow else COLUMNS_WIDE
+        self.clear(columns=True)
+        self._add_columns()
+        self.rebuild(log)
+
+    # -- follow ---------------------------------------------------------------
+    def stop_following(self) -> None:
+        if self.following:
+            self.following = False
+
+    def follow(self) -> None:
+        """Jump to the newest call and keep following."""
+        self.new_count = 0
+        self.following = True
+        if self.row_count:
+            self.move_cursor(row=self.row_count - 1, animate=False)
+            self.scroll_end(animate=False, immediate=True)
+
+    def watch_following(self, following: bool) -> None:
+        self._update_subtitle()
+        self.post_message(self.FollowChanged(following))
+
+    def watch_new_count(self) -> None:
+        self._update_subtitle()
+
+    def _update_subtitle(self) -> None:
+        if self.following:
+            self.border_subtitle = "following"
+        elif self.new_count:
+            self.border_subtitle = f"{self.new_count} new · F follow"
+        else:
+            self.border_subtitle = "paused · F follow"
+
+    def action_cursor_up(self) -> None:
+        self.stop_following()
+        super().action_cursor_up()
+
+    def action_cursor_down(self) -> None:
+        self.stop_following()
+        super().action_cursor_down()
+
+    def action_page_up(self) -> None:
+        self.stop_following()
+        super().action_page_up()
+
+    def action_page_down(self) -> None:
+        self.stop_following()
+        super().action_page_down()
+
+    def action_scroll_home(self) -> None:
+        self.stop_following()
+        super().action_scroll_home()
+
+    def action_scroll_end(self) -> None:
+        self.follow()
+
+    def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        self.stop_following()
+
+    def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
+        self.stop_following()
+
+    def on_click(self, event: events.Click) -> None:
+        self.stop_following()
+
+    # -- rows -----------------------------------------------------------------
+    def set_filter(self, text: str, log: CallLog) -> None:
+        self._filter = text.strip().lower()
+        self.rebuild(log)
+
+    def visible(self, rec: CallRecord) -> bool:
+        f = self._filter
+        return not f or all(part in rec.search_text() for part in f.split())
+
+    def _cells(self, rec: CallRecord) -> list[Any]:
+        risk_color = theme_color(self, f"risk-{rec.risk}") if rec.risk else ""
+        label = rec.decision_label
+        if rec.pending:
+            decision = Text("⏳ pending", style=f"bold {theme_color(self, 'pending')}")
+        elif rec.denied or label in ("denied", "timed out"):
+            decision = Text(label, style=theme_color(self, "error"))
+        elif label == "approved":
+            decision = Text(label, style=theme_color(self, "success"))
+        else:
+            decision = Text(label)
+        latency = "" if rec.duration_ms is None else f"{rec.duration_ms:.0f}"
+        res = rec.result_label
+        res_style = {"ok": theme_color(self, "success"), "error": theme_color(self, "error"),
+                     "denied": theme_color(self, "error")}.get(res, "")
+        cells = {
+            "time": fmt_clock(rec.ts),
+            "server": rec.server,
+            "tool": Text(rec.tool, style=risk_color),
+            "caller": rec.caller,
+            "decision": decision,
+            "latency": Text(latency, justify="right"),
+            "result": Text(res, style=res_style),
+        }
+        return [cells[key] for key, _, _ in self._columns_spec]
+
+    def rebuild(self, log: CallLog) -> None:
+        """Redraw every row from `log` (filter or layout changed)."""
+        self.clear()
+        for rec in log.calls.values():
+            if self.visible(rec):
+                self.add_row(*self._cells(rec), key=rec.call_id)
+        if self.following:
+            self.follow()
+
+    def apply(self, log: CallLog, new: list[str], changed: set[str], evicted: list[str]) -> None:
+        """Apply one batch: remove evicted rows, update changed ones, append new ones."""
+        for cid in evicted:
+            if cid in self.rows:
+                self.remove_row(cid)
+        for cid in changed:
+            if cid in self.rows:
+                rec = log.calls[cid]
+                for (key, _, _), value in zip(self._columns_spec, self._cells(rec), strict=True):
+                    self.update_cell(cid, key, value)
+        added = 0
+        for cid in new:
+            rec = log.calls[cid]
+            if self.visible(rec) and cid not in self.rows:
+                self.add_row(*self._cells(rec), key=cid)
+                added += 1
+        if not added:
+            return
+        if self.following:
+            self.move_cursor(row=self.row_count - 1, animate=False)
+        else:
+            self.new_count += added
+
+    def selected_call_id(self) -> str | None:
+        if not self.row_count:
+            return None
+        try:
+            key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
+        except Exception:
+            return None
+        return key.value
+
+
+# -- detail pane -------------------------------------------------------------
+def _json(data: Any) -> JSON | Text:
+    try:
+        return JSON(json.dumps(data, ensure_ascii=False, default=str), indent=2)
+    except Exception:
+        return Text(repr(data))
+
+
+class DetailPane(VerticalScroll):
+    """The selected call (arguments and result as highlighted JSON, decision and rule),
+    or the selected tool's policy, or how to connect an agent."""
+
+    can_focus = True
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._body = Static(id="detail-body")
+
+    def compose(self):  # type: ignore[override]
+        yield self._body
+
+    def show_text(self, text: Text | str) -> None:
+        self.border_title = "details"
+        self._body.update(text)
+
+    def show_call(self, rec: CallRecord) -> None:
+        self.border_title = f"call {rec.call_id}"
+        head = Text()
+        head.append(f"{rec.server} / ", style="dim")
+        head.append(rec.tool, style=f"bold {theme_color(self, f'risk-{rec.risk}') if rec.risk else ''}")
+        head.append(f"   {fmt_clock(rec.ts)}   caller {rec.caller or '-'}", style="dim")
+        if rec.risk:
+            head.append(f"   risk {rec.risk}")
+        lines = [head]
+        dec = Text("decision ", style="dim")
+        dec.append(rec.decision_label, style="bold")
+        if rec.code and rec.code != rec.decision_label:
+            dec.append(f" ({rec.code})")
+        if rec.rule:
+            dec.append("  rule ", style="dim")
+            dec.append(rec.rule)
+        if rec.outcome and rec.outcome not in (rec.code, rec.decision_label):
+            dec.append("  outcome ", style="dim")
+            dec.append(rec.outcome)
+        if rec.approved_by:
+            dec.append(f"  by {rec.approved_by}", style="dim")
+        if rec.retry_after_s:
+            dec.append(f"  retry after {rec.retry_after_s:.1f}s")
+        if rec.duration_ms is not None:
+            dec.append(f"  {rec.duration_ms:.0f} ms", style="dim")
+        lines.append(dec)
+        if rec.message:
+            lines.append(Text(rec.message, style="italic"))
+        lines.append(Text("arguments", style="bold underline"))
+        lines.append(_json(rec.arguments))
+        if rec.error:
+            lines.append(Text("error", style="bold underline"))
+            lines.append(Text(rec.error, style=theme_color(self, "error")))
+        if rec.result is not None:
+            lines.append(Text("result" + ("  (isError)" if rec.is_error else ""), style="bold underline"))
+            lines.append(_json(rec.result))
+        self._body.update(Group(*lines))
+
+
+# -- gauges --------------------------------------------------------------------
+def render_gauge(view: CounterView, now: float, width: int, colors: dict[str, str]) -> Text:
+    """Two lines: `counter  scope_key` and a bar `█████░░ 24/30 /min  frees 12s`.
+
+    Warning color at 80% of `max`, error color at 100%.
+    """
+    ratio = view.ratio
+    color = colors["error"] if ratio >= 1 else colors["warning"] if ratio >= 0.8 else colors["ok"]
+    t = Text(no_wrap=True, overflow="ellipsis")
+    t.append(view.counter, style="bold")
+    t.append(f"  {view.scope}:{view.scope_key}", style="dim")
+    t.append("\n")
+    tail = f" {view.count}/{view.max}{fmt_window(view.window_s)}"
+    frees = view.frees_in(now)
+    if frees > 0 and ratio >= 1:
+        tail += f" frees {fmt_duration(frees)}"
+    bar_w = max(4, width - len(tail))
+    filled = min(bar_w, round(bar_w * min(1.0, ratio)))
+    t.append("█" * filled, style=color)
+    t.append("░" * (bar_w - filled), style="dim")
+    t.append(tail, style=color if ratio >= 0.8 else "")
+    return t
+
+
+class GaugePanel(VerticalScroll):
+    """One gauge per live counter: name, scope key, count of max, window, time until a slot frees."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._body = Static(id="gauges-body")
+
+    def compose(self):  # type: ignore[override]
+        yield self._body
+
+    def show(self, counters: list[CounterView], now: float) -> None:
+        if not counters:
+            self._body.update(Text("no live counters", style="dim"))
+            return
+        colors = {"ok": theme_color(self, "gauge-ok"), "warning": theme_color(self, "warning"),
+                  "error": theme_color(self, "error")}
+        width = max(12, self.scrollable_content_region.width or 30)
+        parts = [render_gauge(c, now, width, colors)
+                 for c in sorted(counters, key=lambda c: (c.server, c.counter, c.scope_key))]
+        self._body.update(Text("\n").join(parts))
+
+
+# -- approval prompt -----------------------------------------------------------
+class ApprovalPrompt(Static):
+    """The current pending approval of the queue ("1 of 3") with a countdown.
+
+    It holds no state beyond which approval is current (`current_id`); the
+    owner calls `show(pending, now)` each second and on every change.
+    """
+
+    current_id: str | None = None
+
+    def show(self, pending: list[Any], now: float) -> None:
+        """`pending` are `ApprovalRequested` events, oldest first."""
+        if not pending:
+            self.current_id = None
+            self.update("")
+            self.border_title = ""
+            return
+        ids = [p.approval_id for p in pending]
+        if self.current_id not in ids:
+            self.current_id = ids[0]
+        idx = ids.index(self.current_id)
+        p = pending[idx]
+        left = max(0.0, p.deadline - now)
+        self.border_title = f"approval {idx + 1} of {len(pending)}"
+        self.border_subtitle = f"denied in {fmt_duration(left)}"
+        risk_color = theme_color(self, f"risk-{p.risk}") if p.risk else ""
+        t = Text()
+        t.append(p.tool, style=f"bold {risk_color}")
+        t.append(f" on {p.server}", style="dim")
+        if p.risk:
+            t.append("  risk ", style="dim")
+            t.append(p.risk, style=f"bold {risk_color}")
+        t.append(f"  caller {p.client or p.grant}", style="dim")
+        if p.session_id:
+            t.append(f"  session {p.session_id[:8]}", style="dim")
+        if p.reason:
+            t.append("\n")
+            t.append(p.reason, style="italic")
+        args = json.dumps(p.arguments, ensure_ascii=False, default=str)
+        t.append("\nargs ", style="dim")
+        t.append(args if len(args) <= 400 else args[:399] + "…")
+        t.append("\n")
+        t.append("a", style="bold reverse")
+        t.append(" approve  ")
+        t.append("d", style="bold reverse")
+        t.append(" deny  ")
+        t.append("A", style="bold reverse")
+        t.append(" approve tool for session")
+        if len(pending) > 1:
+            t.append("  ")
+            t.append("]", style="bold reverse")
+            t.append(" next")
+        self.update(t)
+
+    def step(self, pending: list[Any], delta: int) -> None:
+        ids = [p.approval_id for p in pending]
+        if not ids:
+            return
+        idx = ids.index(self.current_id) if self.current_id in ids else 0
+        self.current_id = ids[(idx + delta) % len(ids)]
+
+
+# -- status bar ----------------------------------------------------------------
+class StatusBar(Static):
+    """Listen URL, policy file and its state, calls per minute, denied, pending."""
+
+    def show(self, *, url: str, policy: str, policy_error: str | None, calls_per_min: int,
+             denied: int, pending: int, dropped: int = 0) -> None:
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append(" mcpguard ", style="bold reverse")
+        t.append(f" {url} ", style="bold")
+        t.append("│ ", style="dim")
+        t.append(f"{policy} ")
+        if policy_error:
+            t.append(f"✗ {policy_error} ", style=f"bold {theme_color(self, 'error')}")
+        else:
+            t.append("ok ", style=theme_color(self, "success"))
+        t.append("│ ", style="dim")
+        t.append(f"{calls_per_min}/min ")
+        t.append("│ ", style="dim")
+        t.append(f"{denied} denied ", style=theme_color(self, "error") if denied else "")
+        t.append("│ ", style="dim")
+        if pending:
+            t.append(f" {pending} pending ", style=f"bold reverse {theme_color(self, 'pending')}")
+        else:
+            t.append("0 pending")
+        if dropped:
+            t.append(f" │ {dropped} events dropped", style=theme_color(self, "warning"))
+        self.update(t)
