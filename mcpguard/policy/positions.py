@@ -160,6 +160,10 @@ class _TomlScan:
         for n in range(1, len(keys) + 1):
             self.pos.record(prefix + tuple(keys[:n]), offset)
 
+    def record_all(self, path: Path, offset: int) -> None:
+        for n in range(1, len(path) + 1):
+            self.pos.record(path[:n], offset)
+
     def run(self) -> Positions:
         t = self.t
         prefix: Path = ()
@@ -175,16 +179,14 @@ class _TomlScan:
                 table = self._resolve(tuple(keys[:-1]), last=True) + (keys[-1],)
                 n = self.aot.get(table, 0)
                 self.aot[table] = n + 1
-                self.record_keys((), keys, start)
                 prefix = table + (n,)
-                self.pos.record(prefix, start)
+                self.record_all(prefix, start)
             elif t.startswith("[", self.i):
                 self.i += 1
                 keys = self.key()
                 self.i = t.index("]", self.i) + 1
                 prefix = self._resolve(tuple(keys))
-                self.record_keys((), keys, start)
-                self.pos.record(prefix, start)
+                self.record_all(prefix, start)
             else:
                 keys = self.key()
                 self.record_keys(prefix, keys, start)
