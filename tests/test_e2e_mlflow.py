@@ -1,0 +1,241 @@
+"""The real stack through mcpguard (issue 3, "The real stack, in tests").
+
+A real MLflow tracking server (the session's `mlflow_stack`), the real
+`mlflow-mcp` 0.4.1 as a stdio upstream, `sample_policies/mlflow.toml`, the
+gateway on 127.0.0.1, and real `mcp` 2.x clients over Streamable HTTP. What
+MLflow holds afterwards is checked with MLflow's own client.
+
+The shared tracking server is seeded once; each test changes only what it
+names (its own tag keys, model version 3's stage), so the order does not matter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx2
+import mcp_types as types
+import pytest
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from mcpguard.agent import run_agent
+from mcpguard.gateway import Gateway
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from upstreams.harness import Cfg, GatewayCfg, ServerCfg  # noqa: E402  (the gateway tests' config records)
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_POLICY = ROOT / "sample_policies" / "mlflow.toml"
+DECISION = "mcpguard/decision"
+
+
+@contextlib.asynccontextmanager
+async def gateway(mlflow_stack, tmp_path: Path) -> AsyncIterator[Gateway]:
+    """mcpguard in front of the real mlflow-mcp, under the sample policy, audit on."""
+    entry = mlflow_stack.server_config(policy=SAMPLE_POLICY, stderr_log=tmp_path / "mlflow-mcp.stderr.log")
+    server = ServerCfg(**{k: v for k, v in entry.items() if v is not None})
+    cfg = Cfg(gateway=GatewayCfg(audit_log=str(tmp_path / "audit.jsonl")), servers={"mlflow": server})
+    gw = Gateway(cfg)
+    await gw.start()
+    try:
+        assert gw.servers["mlflow"].state == "up", gw.servers["mlflow"].detail
+        yield gw
+    finally:
+        await gw.stop()
+
+
+@contextlib.asynccontextmanager
+async def client(url: str) -> AsyncIterator[ClientSession]:
+    async with httpx2.AsyncClient(timeout=httpx2.Timeout(30, read=120)) as http:
+        async with streamable_http_client(url, http_client=http) as (read, write):
+            async with ClientSession(read, write, client_info=types.Implementation(name="e2e", version="1")) as s:
+                await s.initialize()
+                yield s
+
+
+def text(result: types.CallToolResult) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+def audit(tmp_path: Path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines() if line.strip()]
+
+
+def audited_calls(tmp_path: Path) -> dict[str, str]:
+    """call_id -> decision code, from the audit log's decision records."""
+    return {r["call_id"]: r["code"] for r in audit(tmp_path) if r.get("type") == "decision"}
+
+
+async def wait_for_pending(gw: Gateway, tool: str, timeout_s: float = 60.0):
+    """The pending approval for `tool`, polling the core (bounded)."""
+    for _ in range(int(timeout_s / 0.05)):
+        for p in gw.approvals.pending():
+            if p.call.tool == tool:
+                return p
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no pending approval for {tool} after {timeout_s} s")
+
+
+def stage_of(mlflow_stack, version: str) -> str:
+    model = mlflow_stack.seeded["model_name"]
+    return mlflow_stack.python(
+        f"from mlflow import MlflowClient; print(MlflowClient().get_model_version({model!r}, {version!r}).current_stage)"
+    ).strip()
+
+
+async def test_reads_pass_and_hidden_tools_are_unknown(mlflow_stack, tmp_path):
+    seeded = mlflow_stack.seeded
+    async with gateway(mlflow_stack, tmp_path) as gw, client(gw.url("mlflow")) as s:
+        names = {t.name for t in (await s.list_tools()).tools}
+        assert len(names) == 38
+        assert "delete_registered_model" not in names and "delete_experiment" not in names
+        assert {"get_run", "transition_model_version_stage", "delete_model_version"} <= names
+
+        r = await s.call_tool("get_experiment_by_name", {"name": seeded["experiment_name"]})
+        assert not r.is_error and seeded["experiment_id"] in text(r)
+        r = await s.call_tool("get_run", {"run_id": seeded["run_ids"][0]})
+        assert not r.is_error and "val_accuracy" in text(r)
+
+        hidden = await s.call_tool("delete_registered_model", {"name": seeded["model_name"]})
+        assert hidden.is_error and text(hidden) == "Unknown tool: delete_registered_model"
+        assert not (hidden.meta or {}).get(DECISION)
+
+    still = mlflow_stack.python(
+        f"from mlflow import MlflowClient; print(MlflowClient().get_registered_model({seeded['model_name']!r}).name)"
+    )
+    assert still.strip() == seeded["model_name"]
+    codes = sorted(audited_calls(tmp_path).values())
+    assert codes == ["allowed", "allowed", "hidden"]
+
+
+async def test_capped_write_passes_max_times_then_is_rate_limited(mlflow_stack, tmp_path):
+    model = mlflow_stack.seeded["model_name"]
+    cap = 20  # [tools.set_registered_model_tag] max = 20 per minute in the sample policy
+    async with gateway(mlflow_stack, tmp_path) as gw, client(gw.url("mlflow")) as s:
+        for i in range(cap):
+            r = await s.call_tool("set_registered_model_tag", {"name": model, "key": f"e2e_cap_{i}", "value": "x"})
+            assert not r.is_error, text(r)
+        over = await s.call_tool("set_registered_model_tag", {"name": model, "key": "e2e_cap_over", "value": "x"})
+        assert over.is_error
+        decision = over.meta[DECISION]
+        assert decision["code"] == "rate_limited"
+        assert 0 < decision["retry_after_s"] <= 60
+        assert "set_registered_model_tag" in (decision["rule"] or "")
+        assert "Retry after" in text(over)
+        view = {c.counter: c for c in gw.servers["mlflow"].counters.snapshot(__import__("time").monotonic())}
+        assert view["set_registered_model_tag_rate"].count == cap
+
+    tags = json.loads(
+        mlflow_stack.python(
+            f"import json; from mlflow import MlflowClient; print(json.dumps(MlflowClient().get_registered_model({model!r}).tags))"
+        )
+    )
+    assert {k for k in tags if k.startswith("e2e_cap_")} == {f"e2e_cap_{i}" for i in range(cap)}
+    codes = list(audited_calls(tmp_path).values())
+    assert codes.count("allowed") == cap and codes.count("rate_limited") == 1
+
+
+async def test_stage_transition_waits_for_approval(mlflow_stack, tmp_path):
+    model = mlflow_stack.seeded["model_name"]
+    assert stage_of(mlflow_stack, "3") == "None"
+    args = {"name": model, "version": "3", "stage": "Staging", "archive_existing": False}
+    async with gateway(mlflow_stack, tmp_path) as gw, client(gw.url("mlflow")) as s:
+        # denied by a person: MLflow unchanged
+        call = asyncio.create_task(s.call_tool("transition_model_version_stage", {**args, "stage": "Production"}))
+        pending = await wait_for_pending(gw, "transition_model_version_stage")
+        assert not call.done()
+        assert pending.call.arguments["stage"] == "Production"
+        assert gw.approvals.deny(pending.id)
+        r = await asyncio.wait_for(call, 30)
+        assert r.is_error and r.meta[DECISION]["code"] == "approval_denied"
+        assert stage_of(mlflow_stack, "3") == "None"
+
+        # approved through the core: MLflow's own client sees the new stage
+        call = asyncio.create_task(s.call_tool("transition_model_version_stage", args))
+        pending = await wait_for_pending(gw, "transition_model_version_stage")
+        assert pending.call.arguments == args
+        assert not call.done()
+        assert gw.approvals.approve(pending.id)
+        r = await asyncio.wait_for(call, 30)
+        assert not r.is_error, text(r)
+        assert gw.approvals.pending() == []
+    assert stage_of(mlflow_stack, "3") == "Staging"
+    codes = list(audited_calls(tmp_path).values())
+    assert len(codes) == 2
+    records = audit(tmp_path)
+    assert any(r.get("type") == "completion" and r.get("is_error") is False for r in records)
+
+
+async def test_archiving_is_denied_before_anyone_is_asked(mlflow_stack, tmp_path):
+    model = mlflow_stack.seeded["model_name"]
+    before = stage_of(mlflow_stack, "1")
+    async with gateway(mlflow_stack, tmp_path) as gw, client(gw.url("mlflow")) as s:
+        r = await s.call_tool(
+            "transition_model_version_stage", {"name": model, "version": "1", "stage": "archived"}
+        )
+        assert r.is_error and r.meta[DECISION]["code"] == "policy_denied"
+        assert "archive" in text(r)
+        assert gw.approvals.pending() == []
+    assert stage_of(mlflow_stack, "1") == before
+
+
+async def test_delete_is_denied_and_mlflow_is_unchanged(mlflow_stack, tmp_path):
+    model = mlflow_stack.seeded["model_name"]
+    count = (
+        "from mlflow import MlflowClient; "
+        f"print(len(MlflowClient().search_model_versions(\"name='{model}'\")))"
+    )
+    before = mlflow_stack.python(count).strip()
+    async with gateway(mlflow_stack, tmp_path) as gw, client(gw.url("mlflow")) as s:
+        r = await s.call_tool("delete_model_version", {"name": model, "version": "2"})
+        assert r.is_error
+        decision = r.meta[DECISION]
+        assert decision["code"] == "policy_denied"
+        assert decision["rule"].startswith("tools.delete_model_version")
+        assert "delete_model_version" in text(r)
+    assert before == "3"
+    assert mlflow_stack.python(count).strip() == before
+    assert list(audited_calls(tmp_path).values()) == ["policy_denied"]
+
+
+async def test_scripted_agent_plays_a_loop_through_mcpguard(mlflow_stack, tmp_path):
+    steps = []
+    async with gateway(mlflow_stack, tmp_path) as gw:
+
+        async def approver() -> None:  # a person pressing `a` on every prompt
+            for _ in range(2400):
+                for p in gw.approvals.pending():
+                    gw.approvals.approve(p.id)
+                await asyncio.sleep(0.05)
+
+        person = asyncio.create_task(approver())
+        try:
+            stats = await asyncio.wait_for(
+                run_agent(gw.url("mlflow"), loops=1, pace_s=0, on_step=steps.append), 120
+            )
+        finally:
+            person.cancel()
+    by_tool = {}
+    for st in steps:
+        by_tool.setdefault(st.tool, []).append(st.outcome)
+    assert stats.loops == 1
+    assert by_tool["tools/list"] == ["ok"]
+    assert by_tool["get_model_versions"] == ["ok"]
+    assert by_tool["set_model_alias"] == ["ok"]  # approved
+    assert by_tool["transition_model_version_stage"] == ["ok"]  # approved
+    assert by_tool["set_registered_model_tag"] == ["ok"] * 20 + ["rate_limited"] * 2
+    assert by_tool["delete_model_version"] == ["policy_denied"]
+    assert by_tool["delete_registered_model"] == ["unknown_tool"]
+    limited = [st for st in steps if st.outcome == "rate_limited"]
+    assert all(st.retry_after_s and st.retry_after_s > 0 for st in limited)
+    # every call the agent made is in the audit log, with its decision
+    tool_calls = [st for st in steps if st.tool != "tools/list"]
+    assert len(audited_calls(tmp_path)) == len(tool_calls)
