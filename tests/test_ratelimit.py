@@ -332,3 +332,28 @@ def test_zero_max_never_admits():
     counters = Counters("mlflow")
     r = counters.try_consume([lim(max=0)], CALL, 0.0)
     assert r is not None and r.max == 0 and r.retry_after_s == 60.0
+
+
+def test_the_seed_policy_with_the_real_policy_engine():
+    """PolicyLayer's seed document: 30 set_experiment_tag calls a minute per grant, the 31st rate-limited."""
+    from mcpguard.policy import evaluate, parse_policy
+
+    seed = ('{"version":"1","default":"deny","tools":{"set_experiment_tag":{"limits":[{"counter":'
+            '"set_experiment_tag_rate","window":"minute","max":30,"scope":"grant"}]}}}')
+    policy = parse_policy(seed, "json", "seed.json")
+    counters = Counters("mlflow")
+    call = Call(server="mlflow", tool="set_experiment_tag", grant="ci")
+    for i in range(30):
+        d = evaluate(call, policy, counters, 1000.0 + i)
+        assert d.action == "allow", d
+        assert isinstance(d.limits[0], LimitLike)
+        assert counters.try_consume(d.limits, call, 1000.0 + i) is None
+    d = evaluate(call, policy, counters, 1030.0)
+    assert (d.action, d.code, d.retry_after_s) == ("deny", "rate_limited", 30.0)
+    # another grant has its own counter
+    assert evaluate(Call(server="mlflow", tool="set_experiment_tag", grant="other"), policy, counters,
+                    1030.0).action == "allow"
+    # a reload that drops the limit keeps the counter until its window has passed
+    bare = parse_policy('{"version":"1","default":"allow"}', "json", "bare.json")
+    assert counters.retain(bare.counter_names(), 1060.0) == []
+    assert counters.retain(bare.counter_names(), 1090.0) == ["set_experiment_tag_rate"]
