@@ -349,6 +349,7 @@ class ConsoleApp(App[int]):
         result = self.gateway.set_policy(server, policy)
         if inspect.isawaitable(result):
             await result
+        self.refresh_views()
 
     # -- command palette ------------------------------------------------------------
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:

@@ -49,7 +49,7 @@ KEYS: tuple[Key, ...] = (
     Key("approval", "left_square_bracket", "prev_approval", "Previous approval", "approval.prev",
         show=False, key_display="["),
     Key("editor", "ctrl+s", "save", "Save & apply", "editor.save", priority=True, key_display="^s"),
-    Key("editor", "escape", "close", "Back", "editor.close"),
+    Key("editor", "escape", "close", "Back", "editor.close", priority=True),
     Key("editor", "ctrl+t", "open_approvals", "Approvals", "editor.approvals", priority=True, key_display="^t"),
     Key("queue", "escape", "close", "Close", "queue.close"),
     Key("nav", "j", "cursor_down", "Down", "nav.down", show=False),

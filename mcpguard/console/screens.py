@@ -281,6 +281,7 @@ class EditorScreen(Screen):
         self.fmt = "json" if path.suffix.lower() == ".json" else "toml"
         self.issues: list[Any] = []
         self.saved_text = ""
+        self._warned_unsaved = False
 
     def compose(self) -> ComposeResult:
         yield Static(id="editor-title")
@@ -371,6 +372,11 @@ class EditorScreen(Screen):
         self.notify(f"saved {self.path.name} and applied to {self.server}")
 
     def action_close(self) -> None:
+        text = self.query_one("#editor", PolicyTextArea).text
+        if text != self.saved_text and not self._warned_unsaved:
+            self._warned_unsaved = True
+            self.notify("unsaved changes: ctrl+s saves, esc again discards them", severity="warning")
+            return
         self.app.pop_screen()
 
     def action_open_approvals(self) -> None:

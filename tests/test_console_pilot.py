@@ -1,0 +1,309 @@
+"""The console driven by its keys (Textual Pilot) in front of the real gateway.
+
+Real parts: `mcpguard.gateway.Gateway` on 127.0.0.1 (free port) in front of
+the SDK-written everything server over stdio, real SDK clients over
+Streamable HTTP. Waits are bounded loops on what the screen shows, never
+timed assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcpguard.console import ConsoleApp
+from mcpguard.console.screens import ApprovalQueueScreen, ConfirmQuitScreen, EditorScreen, HelpScreen
+from mcpguard.gateway import Gateway
+from upstreams.harness import client, everything_server, make_config
+
+POLICY = """\
+version = "1"
+default = "allow"
+hide = ["secret_tool"]
+
+[tools.echo]
+action = "require_approval"
+approval_timeout = "60s"
+reason = "Echo needs a person."
+
+[tools.progress]
+action = "require_approval"
+approval_timeout = "1s"
+
+[tools.delete_thing]
+action = "deny"
+reason = "Deleting things is not for agents."
+
+[tools.count_items]
+[[tools.count_items.limits]]
+counter = "count_rate"
+window = "minute"
+max = 2
+scope = "grant"
+"""
+
+SIZE = (120, 36)
+
+
+async def until(pilot: Any, cond: Callable[[], bool], what: str, tries: int = 400) -> None:
+    """Let the app run until `cond()` holds (bounded: `tries` pauses of 50 ms)."""
+    for _ in range(tries):
+        if cond():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"gave up waiting for: {what}")
+
+
+def text_of(widget: Any) -> str:
+    """What a Static shows, as plain text (Rich renderables rendered 200 columns wide)."""
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=io.StringIO(), color_system=None)
+    console.print(widget.content)
+    return console.export_text()
+
+
+def make_app(tmp_path: Path, policy: str = POLICY) -> ConsoleApp:
+    cfg = make_config(tmp_path, [everything_server("ev", tmp_path, policy)],
+                      url_file=str(tmp_path / "url"))
+    return ConsoleApp(Gateway(cfg), theme_name="dark")
+
+
+def decision_cell(app: ConsoleApp, call_id: str) -> str:
+    table = app.main.query_one("#calls")
+    return str(table.get_cell(call_id, "decision"))
+
+
+async def started(pilot: Any, app: ConsoleApp) -> None:
+    await until(pilot, lambda: app.started and app.gateway.servers["ev"].state == "up", "gateway up")
+
+
+async def test_a_approves_and_the_client_gets_the_upstream_result(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        async with client(app.gateway.url("ev")) as s:
+            call = asyncio.create_task(s.call_tool("echo", {"text": "hello"}))
+            await until(pilot, lambda: len(app.model.pending) == 1, "approval prompt")
+            prompt = app.main.query_one("#approval")
+            assert prompt.display and "approval 1 of 1" in str(prompt.border_title)
+            assert "echo" in text_of(prompt)
+            cid = next(iter(app.model.calls))
+            assert "pending" in decision_cell(app, cid)
+            assert "1 pending" in text_of(app.main.query_one("#status"))
+            await pilot.press("a")
+            res = await asyncio.wait_for(call, 30)
+            assert not res.is_error and res.content[0].text == "hello"
+            await until(pilot, lambda: decision_cell(app, cid) == "approved", "row shows approved")
+            assert not app.main.query_one("#approval").display
+        await pilot.press("ctrl+q")
+
+
+async def test_d_denies_and_the_client_gets_a_denial(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        async with client(app.gateway.url("ev")) as s:
+            call = asyncio.create_task(s.call_tool("echo", {"text": "no"}))
+            await until(pilot, lambda: len(app.model.pending) == 1, "approval prompt")
+            await pilot.press("d")
+            res = await asyncio.wait_for(call, 30)
+            assert res.is_error
+            assert res.meta["mcpguard/decision"]["code"] == "approval_denied"
+            cid = next(iter(app.model.calls))
+            await until(pilot, lambda: decision_cell(app, cid) == "denied", "row shows denied")
+
+
+async def test_the_deadline_denies_and_the_prompt_goes_away(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        async with client(app.gateway.url("ev")) as s:
+            call = asyncio.create_task(s.call_tool("progress", {"steps": 1}))
+            await until(pilot, lambda: len(app.model.pending) == 1, "approval prompt")
+            res = await asyncio.wait_for(call, 30)
+            assert res.is_error and res.meta["mcpguard/decision"]["code"] == "approval_timeout"
+            await until(pilot, lambda: not app.model.pending and not app.main.query_one("#approval").display,
+                        "prompt gone")
+            cid = next(iter(app.model.calls))
+            assert decision_cell(app, cid) == "timed out"
+
+
+async def test_queue_of_three_and_A_approves_the_tool_for_the_session(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        async with client(app.gateway.url("ev")) as s:
+            calls = [asyncio.create_task(s.call_tool("echo", {"text": f"t{i}"})) for i in range(3)]
+            await until(pilot, lambda: len(app.model.pending) == 3, "three pending")
+            prompt = app.main.query_one("#approval")
+            assert "approval 1 of 3" in str(prompt.border_title)
+            first = prompt.current_id
+            await pilot.press("right_square_bracket")
+            assert "approval 2 of 3" in str(prompt.border_title) and prompt.current_id != first
+            await pilot.press("left_square_bracket")
+            assert prompt.current_id == first
+            await pilot.press("A")  # approve echo for this session
+            await until(pilot, lambda: len(app.model.pending) == 2, "one answered")
+            await pilot.press("a")
+            await pilot.press("a")
+            results = await asyncio.wait_for(asyncio.gather(*calls), 30)
+            assert sorted(r.content[0].text for r in results) == ["t0", "t1", "t2"]
+            # the same session's next echo needs no prompt
+            again = await asyncio.wait_for(s.call_tool("echo", {"text": "again"}), 30)
+            assert again.content[0].text == "again"
+            assert not app.model.pending
+
+
+async def test_table_rows_decisions_filter_and_tree(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        async with client(app.gateway.url("ev")) as s:
+            await s.call_tool("delete_thing", {"id": "x"})
+            for _ in range(3):
+                await s.call_tool("count_items", {"items": []})
+        table = app.main.query_one("#calls")
+        await until(pilot, lambda: table.row_count == 4 and app.model.denied_total == 2, "4 rows")
+        decisions = [str(table.get_cell(k, "decision")) for k in app.model.calls]
+        assert decisions == ["deny", "allow", "allow", "limited"]
+        status = text_of(app.main.query_one("#status"))
+        assert "2 denied" in status and app.gateway.url("ev") in status
+        # the gauge of count_rate is full
+        gauges = text_of(app.main.query_one("#gauges-body"))
+        assert "count_rate" in gauges and "2/2/min" in gauges
+        # filter by tool, then by decision
+        await pilot.press("slash")
+        await pilot.press(*"count")
+        assert table.row_count == 3
+        tree = app.main.query_one("#tree")
+        leaves = [n.data["tool"] for n in tree.root.children[0].children]
+        assert leaves == ["count_items"]
+        await pilot.press("ctrl+a", "ctrl+k", *"limited", "enter")
+        assert table.row_count == 1
+        await pilot.press("escape")  # clears the filter
+        assert table.row_count == 4
+        tree_tools = {n.data["tool"] for n in tree.root.children[0].children}
+        assert {"echo", "secret_tool", "delete_thing"} <= tree_tools
+
+
+async def test_follow_stops_when_the_person_moves_and_F_resumes(tmp_path: Path) -> None:
+    app = make_app(tmp_path, 'version = "1"\ndefault = "allow"\n')
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        table = app.main.query_one("#calls")
+        async with client(app.gateway.url("ev")) as s:
+            for i in range(3):
+                await s.call_tool("echo", {"text": str(i)})
+            await until(pilot, lambda: table.row_count == 3, "3 rows")
+            assert table.following and table.cursor_row == 2
+            await pilot.press("k")  # vim up: the person moved
+            assert not table.following and table.cursor_row == 1
+            for i in range(2):
+                await s.call_tool("echo", {"text": str(i)})
+            await until(pilot, lambda: table.row_count == 5, "5 rows")
+            assert table.cursor_row == 1 and "2 new" in str(table.border_subtitle)
+            await pilot.press("F")
+            assert table.following and table.cursor_row == 4 and table.border_subtitle == "following"
+            # the detail pane shows the selected call's arguments and result
+            detail = text_of(app.main.query_one("#detail-body"))
+            assert "echo" in detail and '"text"' in detail
+
+
+async def test_help_palette_theme_and_quit(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = text_of(app.screen.query_one("Static"))
+        assert "Approve" in text and "Save & apply" in text and "Filter" in text
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        commands = [c.title for c in app.get_system_commands(app.screen)]
+        assert {"Filter", "Follow", "Edit", "Theme", "Keys"} <= set(commands)
+        assert "Approve" not in commands  # nothing pending
+        app.theme = "mcpguard-light"
+        await pilot.pause()
+        assert app.theme_variables["risk-critical"] == "#d70057"
+        await pilot.press("ctrl+q")
+    assert app.return_code == 0
+
+
+async def test_ctrl_q_with_pending_asks_and_denies(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        async with client(app.gateway.url("ev")) as s:
+            call = asyncio.create_task(s.call_tool("echo", {"text": "x"}))
+            await until(pilot, lambda: len(app.model.pending) == 1, "pending")
+            await pilot.press("ctrl+q")
+            assert isinstance(app.screen, ConfirmQuitScreen)
+            await pilot.press("n")
+            assert not isinstance(app.screen, ConfirmQuitScreen) and len(app.gateway.approvals.pending()) == 1
+            await pilot.press("ctrl+q")
+            await pilot.press("y")
+            res = await asyncio.wait_for(call, 30)
+            assert res.is_error and res.meta["mcpguard/decision"]["code"] == "approval_denied"
+
+
+async def test_editor_validates_marks_the_line_and_ctrl_s_applies(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    path = tmp_path / "ev.toml"
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        await pilot.press("e")
+        assert isinstance(app.screen, EditorScreen)
+        area = app.screen.query_one("#editor")
+        assert area.text == path.read_text()
+        # break it: an unknown action on line 6
+        area.replace('action = "maybe"', (5, 0), (5, 27))
+        await pilot.pause()
+        assert area.error_line == 5
+        errors = text_of(app.screen.query_one("#editor-errors"))
+        assert "line 6" in errors and "not applied" in errors
+        await pilot.press("ctrl+s")
+        assert path.read_text() == POLICY  # nothing written
+        assert app.gateway.servers["ev"].policy.action_for("echo") == "require_approval"
+        # fix it differently: echo is now denied
+        area.replace('action = "deny"', (5, 0), (5, 16))
+        await pilot.pause()
+        assert area.error_line is None
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: 'echo]\naction = "deny"' in path.read_text(), "file written")
+        assert app.gateway.servers["ev"].policy.action_for("echo") == "deny"
+        async with client(app.gateway.url("ev")) as s:
+            res = await s.call_tool("echo", {"text": "x"})
+            assert res.is_error and res.meta["mcpguard/decision"]["code"] == "policy_denied"
+        await pilot.press("escape")
+        assert not isinstance(app.screen, EditorScreen)
+        tree = app.main.query_one("#tree")
+        echo = next(n for n in tree.root.children[0].children if n.data["tool"] == "echo")
+        assert str(echo.label).startswith("✗ ")
+
+
+async def test_editor_never_steals_keys_and_ctrl_t_opens_the_queue(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        await pilot.press("e")
+        area = app.screen.query_one("#editor")
+        async with client(app.gateway.url("ev")) as s:
+            call = asyncio.create_task(s.call_tool("echo", {"text": "typed"}))
+            await until(pilot, lambda: len(app.model.pending) == 1, "pending")
+            banner = app.screen.query_one("#editor-banner")
+            assert banner.display and "1 approval pending" in text_of(banner)
+            area.move_cursor((0, 0))
+            await pilot.press("a", "d")  # typed into the editor, not answered
+            assert area.text.startswith("ad") and len(app.gateway.approvals.pending()) == 1
+            await pilot.press("ctrl+t")
+            assert isinstance(app.screen, ApprovalQueueScreen)
+            await pilot.press("a")
+            res = await asyncio.wait_for(call, 30)
+            assert res.content[0].text == "typed"
+            await until(pilot, lambda: isinstance(app.screen, EditorScreen), "queue closes when empty")
