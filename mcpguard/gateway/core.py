@@ -240,6 +240,7 @@ class Gateway:
         self._closers: set[asyncio.Task[None]] = set()
         self._bound_port: int | None = None
         self._started = False
+        self._detach_audit: Any = None
 
     # -- public API ------------------------------------------------------------
     @property
@@ -294,7 +295,11 @@ class Gateway:
         if audit_path:
             from mcpguard.audit import AuditLog
 
-            self.audit = AuditLog(audit_path)
+            self.audit = AuditLog(audit_path, fsync=bool(_get(gw, "audit_fsync", default=False)),
+                                  redact_keys=tuple(_get(gw, "redact_keys", default=()) or ()), bus=self.bus)
+            # decision and completion records are written by this listener inside
+            # publish(), so each is on its way to disk before the agent's answer
+            self._detach_audit = self.audit.attach(self.bus, policy_events=False)
         for h in self.servers.values():
             self._load_policy(h)
             self._build_endpoint(h)
@@ -332,6 +337,8 @@ class Gateway:
         for h in self.servers.values():
             h.sessions.clear()
             self._set_state(h, "down", "stopped")
+        if self._detach_audit is not None:
+            self._detach_audit()
         if self.audit is not None:
             with contextlib.suppress(Exception):
                 self.audit.close()
@@ -348,10 +355,16 @@ class Gateway:
         except PolicyError as exc:
             errors = [str(i) for i in getattr(exc, "issues", [])] or [str(exc)]
             h.policy_errors = errors
-            self.bus.publish(PolicyRejected(server=h.name, path=str(h.policy_path), errors=tuple(errors)))
+            self._rejected(h, errors)
         except OSError as exc:
             h.policy_errors = [f"{h.policy_path}:1:1: cannot read policy: {exc.strerror or exc}"]
-            self.bus.publish(PolicyRejected(server=h.name, path=str(h.policy_path), errors=tuple(h.policy_errors)))
+            self._rejected(h, h.policy_errors)
+
+    def _rejected(self, h: ServerHandle, errors: list[str]) -> None:
+        event = PolicyRejected(server=h.name, path=str(h.policy_path), errors=tuple(errors))
+        self.bus.publish(event)
+        if self.audit is not None:
+            self.audit.record_event(event)
 
     def _build_endpoint(self, h: ServerHandle) -> None:
         server: Server[Any] = Server(f"mcpguard:{h.name}", version="0.1.0")
@@ -427,8 +440,6 @@ class Gateway:
             elif fp != first:
                 if h._last_fp.get(name) != fp:
                     self.bus.publish(ToolChanged(server=h.name, tool=name, old_fingerprint=first, new_fingerprint=fp))
-                    self._audit({"type": "tool_changed", "ts": time.time(), "server": h.name, "tool": name,
-                                 "old_fingerprint": first, "new_fingerprint": fp})
                 h.changed_tools.add(name)
             else:
                 h.changed_tools.discard(name)
@@ -478,15 +489,6 @@ class Gateway:
         sockets = [s for srv in server.servers for s in srv.sockets]
         self._bound_port = sockets[0].getsockname()[1] if sockets else self.port
 
-    # -- audit -----------------------------------------------------------------------
-    def _audit(self, record: dict[str, Any]) -> None:
-        if self.audit is None:
-            return
-        try:
-            self.audit.record(record)
-        except Exception:
-            log.exception("audit log write failed")
-
     # -- sessions ----------------------------------------------------------------------
     async def _open_session(self, h: ServerHandle, ctx: ServerRequestContext[Any, Any]) -> DownstreamSession:
         params = dict(ctx.params or {})
@@ -516,7 +518,7 @@ class Gateway:
                                 on_state=on_state, label=label)
         sess = DownstreamSession(session_id=session_id, grant=grant, client=client, upstream=up, connection=connection)
         holder["s"] = sess
-        await up.start(wait_s=min(h.call_timeout_s, 60.0))
+        await up.start()
         if not up.up:
             await up.close()
             raise MCPError(code=-32603, message=f"mcpguard: upstream '{h.name}' is unavailable: {up.detail or up.state}")
@@ -689,12 +691,6 @@ class Gateway:
         self.bus.publish(CallDecided(call_id=call.call_id, server=h.name, tool=call.tool, action=decision.action,
                                      code=decision.code, rule=decision.rule, message=decision.message,
                                      retry_after_s=decision.retry_after_s, risk=level))
-        if self.audit is not None:
-            self._audit({"type": "decision", "ts": time.time(), "call_id": call.call_id, "server": h.name,
-                         "tool": call.tool, "grant": call.grant, "session": call.session_id, "client": call.client,
-                         "arguments": call.arguments, "action": decision.action, "code": decision.code,
-                         "rule": decision.rule, "message": decision.message, "risk": level,
-                         "retry_after_s": decision.retry_after_s})
 
     def _deny(self, h: ServerHandle, call: Call, code: str, message: str, rule: str | None,
               retry_after_s: float | None, t0: float, approver: str | None = None) -> dict[str, Any]:
@@ -717,14 +713,6 @@ class Gateway:
         self.bus.publish(CallCompleted(call_id=call.call_id, server=h.name, tool=call.tool, outcome=outcome,
                                        is_error=is_error, duration_ms=duration_ms, result_size=size, result=result,
                                        error=error))
-        if self.audit is not None:
-            decision_meta = (result or {}).get("_meta", {}) if isinstance(result, dict) else {}
-            rule = decision_meta.get(DECISION_META_KEY, {}).get("rule") if isinstance(decision_meta, dict) else None
-            self._audit({"type": "completion", "ts": time.time(), "call_id": call.call_id, "server": h.name,
-                         "tool": call.tool, "grant": call.grant, "session": call.session_id, "client": call.client,
-                         "outcome": outcome, "rule": rule, "approver": approver,
-                         "duration_ms": round(duration_ms, 3), "is_error": is_error, "result_size": size,
-                         "error": error})
 
 
 # ---------------------------------------------------------------------------
