@@ -10,6 +10,7 @@ Units: every duration is seconds (`*_s`); a limit's `max` is calls per window.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -109,10 +110,11 @@ class Condition:
         return self.test(arguments)
 
     def describe(self) -> str:
-        """`args.stage eq 'Archived'`."""
+        """`args.stage eq "Archived"` (strings shown as written, without escapes)."""
         if self.op == "exists":
             return f"{self.path} exists" if self.value else f"{self.path} does not exist"
-        return f"{self.path} {self.op} {self.value!r}"
+        shown = f'"{self.value}"' if isinstance(self.value, str) else json.dumps(self.value)
+        return f"{self.path} {self.op} {shown}"
 
 
 @dataclass(frozen=True, slots=True)
