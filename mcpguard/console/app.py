@@ -61,7 +61,8 @@ class ConsoleApp(App[int]):
     - `clock`: epoch seconds; tests pass a frozen clock for snapshots.
     - `workers`: coroutine functions `fn(app)` run as workers once the
       gateway is up (the demo's scripted agent).
-    - `connect_hint`: text shown before the first call (how an agent connects).
+    - `connect_hint`: how an agent connects (text, or a function returning it once
+      the gateway is up); shown before the first call and on the server's detail.
     """
 
     CSS_PATH = "app.tcss"
@@ -78,7 +79,7 @@ class ConsoleApp(App[int]):
         clock: Callable[[], float] = time.time,
         start_gateway: bool = True,
         workers: Iterable[Callable[[ConsoleApp], Awaitable[Any]]] = (),
-        connect_hint: str | None = None,
+        connect_hint: str | Callable[[], str] | None = None,
         keymap: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
@@ -280,8 +281,9 @@ class ConsoleApp(App[int]):
     def welcome_text(self) -> Text:
         t = Text()
         t.append("No calls yet.\n", style="bold")
-        if self.connect_hint:
-            t.append(self.connect_hint)
+        hint = self.hint_text()
+        if hint:
+            t.append(hint)
         elif self.started:
             t.append("Point an MCP client (Streamable HTTP) at:\n")
             for name in self._handles():
@@ -291,6 +293,12 @@ class ConsoleApp(App[int]):
                     pass
         t.append("\n? keys · / filter · e edit policy · ctrl+p palette", style="dim")
         return t
+
+    def hint_text(self) -> str:
+        """The connect hint, or '' before the gateway is up / when there is none."""
+        if not self.connect_hint or not self.started:
+            return ""
+        return self.connect_hint() if callable(self.connect_hint) else self.connect_hint
 
     def tool_text(self, server: str, tool: str) -> Text:
         h = self._handles().get(server)
@@ -310,6 +318,8 @@ class ConsoleApp(App[int]):
             t.append(f"endpoint {self.gateway.url(server)}\n")
         except Exception:  # noqa: BLE001
             pass
+        if self.hint_text():
+            t.append("\n" + self.hint_text())
         t.append("\ne edits this server's policy", style="dim")
         return t
 

@@ -160,7 +160,7 @@ class ServerTree(Tree[dict]):
 # -- call table ----------------------------------------------------------------
 # (key, label, width); the tool column (width 0) takes what the others leave.
 COLUMNS_WIDE = (("time", "time", 8), ("server", "server", 7), ("tool", "tool", 0),
-                ("caller", "caller", 10), ("decision", "decision", 9),
+                ("caller", "caller", 0), ("decision", "decision", 9),
                 ("latency", "ms", 5), ("result", "result", 7))
 COLUMNS_NARROW = (("time", "time", 8), ("tool", "tool", 0), ("decision", "decision", 9),
                   ("latency", "ms", 5), ("result", "result", 7))
@@ -195,15 +195,23 @@ class CallTable(DataTable):
         self._add_columns()
         self._update_subtitle()
 
-    def _tool_width(self) -> int:
+    def _flex_widths(self) -> dict[str, int]:
+        """Widths of the flexible columns (width 0): tool takes 2/3 of what is left, caller 1/3."""
         avail = self.size.width - 1  # room for the vertical scrollbar
-        fixed = sum(w for _, _, w in self._columns_spec) + 2 * self.cell_padding * len(self._columns_spec)
-        return max(12, avail - fixed)
+        spec = self._columns_spec
+        fixed = sum(w for _, _, w in spec) + 2 * self.cell_padding * len(spec)
+        rest = max(0, avail - fixed)
+        flex = [k for k, _, w in spec if not w]
+        if flex == ["tool"]:
+            return {"tool": max(12, rest)}
+        tool = max(12, rest * 2 // 3)
+        return {"tool": tool, "caller": max(6, rest - tool)}
 
     def _add_columns(self) -> None:
         self._fitted_width = self.size.width
+        flex = self._flex_widths()
         for key, label, width in self._columns_spec:
-            self.add_column(label, width=width or self._tool_width(), key=key)
+            self.add_column(label, width=width or flex[key], key=key)
 
     def fit(self, narrow: bool, log: CallLog) -> None:
         """Pick the column set for the width and size the tool column to fill the rest."""
@@ -424,9 +432,12 @@ def render_gauge(view: CounterView, now: float, width: int, colors: dict[str, st
     """
     ratio = view.ratio
     color = colors["error"] if ratio >= 1 else colors["warning"] if ratio >= 0.8 else colors["ok"]
+    head = Text(no_wrap=True, overflow="ellipsis")
+    head.append(view.counter, style="bold")
+    head.append(f" {view.scope}:{view.scope_key}", style="dim")
+    head.truncate(width, overflow="ellipsis")
     t = Text(no_wrap=True, overflow="ellipsis")
-    t.append(view.counter, style="bold")
-    t.append(f"  {view.scope}:{view.scope_key}", style="dim")
+    t.append_text(head)
     t.append("\n")
     tail = f" {view.count}/{view.max}{fmt_window(view.window_s)}"
     frees = view.frees_in(now)

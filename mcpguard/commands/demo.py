@@ -1,0 +1,101 @@
+"""`mcpguard demo`: the console in front of a real MLflow stack, with a scripted agent.
+
+Prepares the MLflow environment on first use (progress printed before the
+console takes the terminal), starts a tracking server on 127.0.0.1 with
+sqlite in a data folder (`<mcpguard home>/demo`), seeds it, and opens the
+console with `mlflow-mcp` as upstream under a copy of
+`sample_policies/mlflow.toml` (kept in the data folder, so edits survive and
+the repository's file stays as shipped). A scripted agent
+(`mcpguard.agent.run_agent`) plays its session in a loop as a worker.
+Quitting stops every process the demo started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+SAMPLE_POLICY = Path(__file__).resolve().parents[2] / "sample_policies" / "mlflow.toml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--theme", help="dark, light, high-contrast, or a theme name from themes/*.toml")
+    parser.add_argument("--port", type=int, default=8765, help="gateway port on 127.0.0.1 (default 8765; 0: any free port)")
+    parser.add_argument("--no-agent", action="store_true", help="do not run the scripted agent")
+    parser.add_argument("--data-dir", help="where the demo keeps MLflow data, its policy and logs")
+    parser.add_argument("--pace", type=float, default=1.5, help="seconds between the scripted agent's steps")
+
+
+def connect_snippet(url: str) -> str:
+    """How a real agent connects to the gateway at `url` (Streamable HTTP)."""
+    return (
+        "Connect a real agent (Streamable HTTP):\n"
+        f"  claude mcp add --transport http mlflow {url}\n"
+        "or in an mcpServers config:\n"
+        f'  {{"mcpServers": {{"mlflow": {{"type": "http", "url": "{url}"}}}}}}\n'
+    )
+
+
+def say(line: str) -> None:
+    print(f"[mcpguard demo] {line}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; returns the console's exit code (1 when the stack cannot start)."""
+    from mcpguard import stack
+    from mcpguard.config import Config
+
+    data = Path(args.data_dir).expanduser() if args.data_dir else stack.mcpguard_home() / "demo"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "logs").mkdir(exist_ok=True)
+    policy = data / "mlflow.toml"
+    if not policy.exists():
+        shutil.copyfile(SAMPLE_POLICY, policy)
+    try:
+        say("checking the MLflow environment (the first run installs it: about 850 MB, a minute or two)")
+        env_dir = stack.ensure_mlflow_env(log=say)
+        say(f"starting an MLflow tracking server (sqlite in {data})")
+        server = stack.MlflowTrackingServer(data, env_dir=env_dir)
+        server.start()
+    except stack.StackError as exc:
+        say(f"cannot start the MLflow stack: {exc}")
+        return 1
+    try:
+        say(f"MLflow is up at {server.uri}; seeding demo data")
+        stack.seed(server.uri, env_dir=env_dir)
+        entry = stack.mlflow_server_config(server.uri, policy=policy, stderr_log=data / "logs" / "mlflow-mcp.stderr.log",
+                                           env_dir=env_dir)
+        cfg = Config.from_dict({
+            "gateway": {"port": args.port, "url_file": str(data / "url"), "audit_log": str(data / "audit.jsonl")},
+            "servers": {"mlflow": entry},
+        }, base_dir=data)
+        return _run_console(cfg, args, data)
+    finally:
+        say("stopping the MLflow tracking server")
+        server.stop()
+
+
+def _run_console(cfg: Any, args: argparse.Namespace, data: Path) -> int:
+    from mcpguard.console import ConsoleApp
+    from mcpguard.gateway import Gateway
+
+    gateway = Gateway(cfg)
+
+    async def agent(app: ConsoleApp) -> None:
+        from mcpguard.agent import run_agent
+
+        await run_agent(gateway.url("mlflow"), loops=None, pace_s=args.pace)
+
+    def hint() -> str:
+        return connect_snippet(gateway.url("mlflow"))
+
+    app = ConsoleApp(gateway, theme_name=args.theme, workers=[] if args.no_agent else [agent],
+                     connect_hint=hint)
+    rc = app.run()
+    if app.started:
+        print(hint(), end="")
+        print(f"Audit log: {data / 'audit.jsonl'}   policy: {data / 'mlflow.toml'}")
+    return int(rc or 0)
