@@ -232,3 +232,41 @@ def test_nested_paths_walk_objects_and_lists():
     assert evaluate(call("t", {"tags": {"env": "prod"}, "ids": ["a", "b"]}), policy, None, 0).code == "policy_denied"
     assert evaluate(call("t", {"tags": {"env": "prod"}, "ids": ["a"]}), policy, None, 0).code == "allowed"
     assert evaluate(call("t", {"tags": "prod"}), policy, None, 0).code == "allowed"
+
+
+# --- the fast path (per-tool plans and kept decisions) decides as the full evaluation does ---
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mcpguard.policy.evaluate import _UNCHECKED, _decide  # noqa: E402
+
+_SAMPLE = load_policy(ROOT / "sample_policies" / "mlflow.toml")
+_TOOLS = sorted(set(_SAMPLE.tools) | set(_SAMPLE.hide) | {"unknown_tool"})
+_ARGS = st.fixed_dictionaries({}, optional={
+    "stage": st.sampled_from(["Staging", "Production", "archived", " Archived ", "None"]),
+    "archive_existing": st.booleans(),
+    "description": st.sampled_from(["", "  ", "new model", "x"]),
+    "name": st.just("m"),
+})
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(_TOOLS), _ARGS, st.sampled_from(["a", "b"]),
+                                st.floats(0, 5), st.sampled_from([None, "r1", "r2"]), st.booleans()),
+                      min_size=1, max_size=60))
+def test_fast_path_equals_full_evaluation(steps):
+    counters = Counters("mlflow")
+    risks = {None: None, "r1": object(), "r2": object()}
+    now = 0.0
+    for tool, args, grant, dt, risk_name, use_counters in steps:
+        now += dt
+        c = Call("mlflow", tool, args, grant=grant)
+        cs = counters if use_counters else None
+        risk = risks[risk_name]
+        fast = evaluate(c, _SAMPLE, cs, now, risk=risk)
+        full = _decide(c, _SAMPLE, cs, now, risk, False, _UNCHECKED)
+        assert fast == full
+        assert fast.risk is risk
+        if fast.action == "allow" and cs is not None:
+            counters.try_consume(fast.limits, c, now)

@@ -27,6 +27,29 @@ def _limit_text(tool: str, limit: Limit) -> str:
     return limit.describe()
 
 
+_MAX_PLANS = 4096
+_UNCHECKED = object()
+
+
+class _Plan:
+    """What never changes between calls of one tool under one policy: whether it is
+    decided before its arguments are read, its conditions and limits, and the last
+    decision that passed every condition and limit (all of whose parts are static),
+    kept per (risk, counters given) so the common path builds nothing."""
+
+    __slots__ = ("static", "deny_if", "require", "limits", "memo")
+
+    def __init__(self, policy: Policy, tool: str):
+        self.memo: dict[tuple[int, bool], tuple[Any, Decision]] = {}
+        rule = policy.tools.get(tool)
+        self.static = policy.is_hidden(tool) or (rule is None and policy.default != "allow") or (
+            rule is not None and rule.action == "deny"
+        )
+        self.deny_if = rule.deny_if if rule is not None else ()
+        self.require = rule.require if rule is not None else ()
+        self.limits = policy.limits_for(tool)
+
+
 def evaluate(
     call: Call,
     policy: Policy | None,
@@ -48,7 +71,52 @@ def evaluate(
 
     `policy=None` (none loaded, or none ever loaded good) denies with
     `no_policy`. Never raises for any call; never awaits.
+
+    Speed: per tool, what does not depend on the call is worked out once and
+    kept with the policy, so an allowed call costs a dict lookup, its
+    conditions, the counters' check and no allocation (bench/bench_policy.py).
     """
+    if policy is None or tool_changed:
+        return _decide(call, policy, counters, now, risk, tool_changed, _UNCHECKED)
+    tool = call.tool
+    plans = policy._plans
+    plan = plans.get(tool)
+    if plan is None:
+        if len(plans) >= _MAX_PLANS:
+            plans.clear()
+        plan = plans[tool] = _Plan(policy, tool)
+    if not plan.static:
+        args = call.arguments
+        for entry in plan.deny_if:
+            if entry.matches(args):
+                return _decide(call, policy, counters, now, risk, tool_changed, _UNCHECKED)
+        for entry in plan.require:
+            if not entry.matches(args):
+                return _decide(call, policy, counters, now, risk, tool_changed, _UNCHECKED)
+        if plan.limits and counters is not None:
+            limited = counters.check(plan.limits, call, now)
+            if limited is not None:
+                return _decide(call, policy, counters, now, risk, tool_changed, limited)
+    key = (id(risk), counters is None)
+    hit = plan.memo.get(key)
+    if hit is not None and hit[0] is risk:
+        return hit[1]
+    decision = _decide(call, policy, counters, now, risk, tool_changed, None)
+    plan.memo[key] = (risk, decision)
+    return decision
+
+
+def _decide(
+    call: Call,
+    policy: Policy | None,
+    counters: _Counters | None,
+    now: float,
+    risk: Any,
+    tool_changed: bool,
+    checked: Any,
+) -> Decision:
+    """The full evaluation with its trace. `checked` is what `counters.check` already
+    returned for this call (None: admitted, or a `RateLimited`), or `_UNCHECKED`."""
     tool = call.tool
     if policy is None:
         step = TraceStep("no_policy", "deny", f"no policy is loaded for server {call.server}")
@@ -150,7 +218,7 @@ def evaluate(
     limits = policy.limits_for(tool)
     if limits:
         if counters is not None:
-            limited = counters.check(limits, call, now)
+            limited = counters.check(limits, call, now) if checked is _UNCHECKED else checked
             if limited is not None:
                 lim: Limit = limited.limit
                 retry = float(limited.retry_after_s)

@@ -206,6 +206,7 @@ class Policy:
     _hidden: frozenset[str] = field(init=False, compare=False, repr=False)
     _hide_all: bool = field(init=False, compare=False, repr=False)
     _limits: dict[str, tuple[Limit, ...]] = field(init=False, compare=False, repr=False)
+    _plans: dict[str, Any] = field(init=False, compare=False, repr=False)  # evaluate's per-tool cache
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_hidden", frozenset(h for h in self.hide if h != "*"))
@@ -213,6 +214,7 @@ class Policy:
         object.__setattr__(
             self, "_limits", {name: rule.limits + self.all_tools_limits for name, rule in self.tools.items()}
         )
+        object.__setattr__(self, "_plans", {})
 
     def is_hidden(self, tool: str) -> bool:
         """Whether `tool` is hidden: named in `hide`, or unlisted under `hide = ["*"]`."""
