@@ -96,6 +96,7 @@ class ConsoleApp(App[int]):
         self._stopping = False
         self.theme_errors: list[str] = []
         self.started = False
+        self._tree_sig: tuple = ()
 
     # -- life cycle -----------------------------------------------------------------
     async def on_mount(self) -> None:
@@ -210,6 +211,16 @@ class ConsoleApp(App[int]):
         self.main.refresh_status()
         if self.model.pending:
             self.refresh_pending()
+        sig = self._servers_signature()
+        if sig != self._tree_sig:
+            self.main.refresh_tree()
+
+    def _servers_signature(self) -> tuple:
+        """What the tree shows, cheaply: tools, states, policies and errors per server."""
+        return tuple(
+            (name, getattr(h, "state", None), len(getattr(h, "tools", ()) or ()), id(getattr(h, "policy", None)),
+             len(getattr(h, "changed_tools", ()) or ()), len(getattr(h, "policy_errors", ()) or ()))
+            for name, h in self._handles().items())
 
     def refresh_views(self) -> None:
         if self.main is None or not self.main.is_mounted:
@@ -239,6 +250,7 @@ class ConsoleApp(App[int]):
         return str(getattr(self.gateway, "base_url", ""))
 
     def server_views(self) -> list[ServerView]:
+        self._tree_sig = self._servers_signature()
         views = []
         for name, h in self._handles().items():
             policy = getattr(h, "policy", None)

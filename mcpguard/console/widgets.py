@@ -204,8 +204,8 @@ class CallTable(DataTable):
         flex = [k for k, _, w in spec if not w]
         if flex == ["tool"]:
             return {"tool": max(12, rest)}
-        tool = max(12, rest * 2 // 3)
-        return {"tool": tool, "caller": max(6, rest - tool)}
+        caller = max(6, min(14, rest // 3))
+        return {"tool": max(12, rest - caller), "caller": caller}
 
     def _add_columns(self) -> None:
         self._fitted_width = self.size.width
@@ -296,7 +296,7 @@ class CallTable(DataTable):
         risk_color = theme_color(self, f"risk-{rec.risk}") if rec.risk else ""
         label = rec.decision_label
         if rec.pending:
-            decision = Text("⏳ pending", style=f"bold {theme_color(self, 'pending')}")
+            decision = Text(" pending ", style=f"bold reverse {theme_color(self, 'pending')}")
         elif rec.denied or label in ("denied", "timed out"):
             decision = Text(label, style=theme_color(self, "error"))
         elif label == "approved":
@@ -499,32 +499,42 @@ class ApprovalPrompt(Static):
         self.border_title = f"approval {idx + 1} of {len(pending)}"
         self.border_subtitle = f"denied in {fmt_duration(left)}"
         risk_color = theme_color(self, f"risk-{p.risk}") if p.risk else ""
-        t = Text()
-        t.append(p.tool, style=f"bold {risk_color}")
-        t.append(f" on {p.server}", style="dim")
+        width = max(20, self.content_region.width or 80)
+
+        def line() -> Text:
+            return Text(no_wrap=True, overflow="ellipsis", end="")
+
+        head = line()
+        head.append(p.tool, style=f"bold {risk_color}")
+        head.append(f" on {p.server}", style="dim")
         if p.risk:
-            t.append("  risk ", style="dim")
-            t.append(p.risk, style=f"bold {risk_color}")
-        t.append(f"  caller {p.client or p.grant}", style="dim")
+            head.append("  risk ", style="dim")
+            head.append(p.risk, style=f"bold {risk_color}")
+        who = line()
+        who.append("caller ", style="dim")
+        who.append(p.client or p.grant)
         if p.session_id:
-            t.append(f"  session {p.session_id[:8]}", style="dim")
-        if p.reason:
-            t.append("\n")
-            t.append(p.reason, style="italic")
-        args = json.dumps(p.arguments, ensure_ascii=False, default=str)
-        t.append("\nargs ", style="dim")
-        t.append(args if len(args) <= 400 else args[:399] + "…")
-        t.append("\n")
-        t.append("a", style="bold reverse")
-        t.append(" approve  ")
-        t.append("d", style="bold reverse")
-        t.append(" deny  ")
-        t.append("A", style="bold reverse")
-        t.append(" approve tool for session")
+            who.append("  session ", style="dim")
+            who.append(p.session_id[:12])
+        why = line()
+        why.append(p.reason or "the policy asks a person for this tool", style="italic")
+        args = line()
+        args.append("args ", style="dim")
+        args.append(json.dumps(p.arguments, ensure_ascii=False, default=str))
+        keys = line()
+        keys.append(" a ", style="bold reverse")
+        keys.append(" approve  ")
+        keys.append(" d ", style="bold reverse")
+        keys.append(" deny  ")
+        keys.append(" A ", style="bold reverse")
+        keys.append(" approve tool for session")
         if len(pending) > 1:
-            t.append("  ")
-            t.append("]", style="bold reverse")
-            t.append(" next")
+            keys.append("  ")
+            keys.append(" ] ", style="bold reverse")
+            keys.append(" next")
+        for part in (head, who, why, args, keys):
+            part.truncate(width, overflow="ellipsis")
+        t = Text("\n").join([head, who, why, args, keys])
         self.update(t)
 
     def step(self, pending: list[Any], delta: int) -> None:
@@ -542,7 +552,10 @@ class StatusBar(Static):
     def show(self, *, url: str, policy: str, policy_error: str | None, calls_per_min: int,
              denied: int, pending: int, dropped: int = 0) -> None:
         t = Text(no_wrap=True, overflow="ellipsis")
-        t.append(" mcpguard ", style="bold reverse")
+        if (self.size.width or 120) >= 100:
+            t.append(" mcpguard ", style="bold reverse")
+        else:
+            url = url.removeprefix("http://")
         t.append(f" {url} ", style="bold")
         t.append("│ ", style="dim")
         t.append(f"{policy} ")

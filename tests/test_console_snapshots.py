@@ -1,0 +1,172 @@
+"""SVG snapshots of the console (pytest-textual-snapshot): fixed size, theme and clock.
+
+The gateway here is a stand-in with the real parts the console reads: a
+real `EventBus` and `Approvals`, the real sample policy loaded by
+`mcpguard.policy.load_policy`, mlflow-mcp's real `tools/list`
+(tests/mlflow_tools.json) classified by `mcpguard.risk.classify`. Events are
+real event objects with fixed times, so the pictures do not depend on the
+clock, ports or latencies (the Pilot tests drive the real gateway).
+Update with `pytest tests/test_console_snapshots.py --snapshot-update`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcpguard.approvals import Approvals
+from mcpguard.call import Call
+from mcpguard.console import ConsoleApp
+from mcpguard.events import CallCompleted, CallDecided, CallReceived, CounterChanged, EventBus
+from mcpguard.policy import load_policy
+from mcpguard.risk import classify
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = json.loads((ROOT / "tests" / "mlflow_tools.json").read_text())
+TOOLS = TOOLS["tools"] if isinstance(TOOLS, dict) else TOOLS
+T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
+SIZE = (120, 36)
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+class Handle:
+    def __init__(self, policy_path: Path) -> None:
+        self.state = "up"
+        self.tools = TOOLS
+        self.policy_path = policy_path
+        self.policy = load_policy(policy_path)
+        self.policy_errors: list[str] = []
+        self.changed_tools: set[str] = set()
+
+    def risk(self, tool: str) -> Any:
+        t = next(x for x in TOOLS if x["name"] == tool)
+        return classify(tool, t.get("annotations"), t.get("description"))
+
+
+class StandInGateway:
+    def __init__(self, policy_path: Path) -> None:
+        self.bus = EventBus()
+        self.approvals = Approvals(self.bus, clock=lambda: T0 + 30)
+        self.servers = {"mlflow": Handle(policy_path)}
+        self.base_url = "http://127.0.0.1:8765"
+
+    def url(self, server: str) -> str:
+        return f"{self.base_url}/mcp/{server}"
+
+    def set_policy(self, server: str, policy: Any) -> None:
+        self.servers[server].policy = policy
+
+
+def make_app(tmp_path: Path, policy_text: str | None = None) -> ConsoleApp:
+    path = tmp_path / "mlflow.toml"
+    path.write_text(policy_text or (ROOT / "sample_policies" / "mlflow.toml").read_text())
+    app = ConsoleApp(StandInGateway(path), theme_name="dark", clock=lambda: T0 + 40, start_gateway=False)
+    return app
+
+
+CALLS = [
+    ("search_experiments", {"max_results": 5}, "allow", "allowed", None, 41.0, False),
+    ("get_runs", {"experiment_id": "1"}, "allow", "allowed", None, 63.0, False),
+    ("set_registered_model_tag", {"name": "mcpguard-demo-model", "key": "k", "value": "v"},
+     "allow", "allowed", "tools.set_registered_model_tag", 88.0, False),
+    ("set_registered_model_tag", {"name": "mcpguard-demo-model", "key": "k", "value": "v2"},
+     "deny", "rate_limited", "tools.set_registered_model_tag.limits[0]", 0.4, True),
+    ("delete_model_version", {"name": "mcpguard-demo-model", "version": "3"},
+     "deny", "policy_denied", "tools.delete_model_version", 0.3, True),
+]
+
+
+def publish_calls(app: ConsoleApp) -> None:
+    bus = app.gateway.bus
+    for i, (tool, args, action, code, rule, ms, err) in enumerate(CALLS):
+        cid = f"demo-{i + 1}"
+        ts = T0 + i * 2
+        bus.publish(CallReceived(call_id=cid, server="mlflow", tool=tool, arguments=args, grant="local",
+                                 session_id="s1", client="demo-agent", ts=ts))
+        risk = app.gateway.servers["mlflow"].risk(tool).level
+        bus.publish(CallDecided(call_id=cid, server="mlflow", tool=tool, action=action, code=code, rule=rule,
+                                message="" if action == "allow" else f"{tool}: {code}", risk=risk, ts=ts))
+        result = {"content": [{"type": "text", "text": "{\"ok\": true}"}], "isError": err}
+        bus.publish(CallCompleted(call_id=cid, server="mlflow", tool=tool, outcome=code, is_error=err,
+                                  duration_ms=ms, result=result, ts=ts + 0.1))
+    bus.publish(CounterChanged(server="mlflow", counter="set_registered_model_tag_rate", scope="grant",
+                               scope_key="local", count=20, max=20, window_s=60, retry_after_s=31, ts=T0 + 40))
+    bus.publish(CounterChanged(server="mlflow", counter="mlflow_calls", scope="grant", scope_key="local",
+                               count=17, max=20, window_s=60, retry_after_s=0, ts=T0 + 40))
+
+
+async def _settle(pilot: Any) -> None:
+    pilot.app.flush_events()
+    await pilot.pause()
+    await pilot.wait_for_scheduled_animations()
+
+
+def test_main_screen_with_calls(snap_compare: Any, tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+
+    async def run_before(pilot: Any) -> None:
+        publish_calls(app)
+        await _settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_approval_prompt_queue(snap_compare: Any, tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+
+    async def run_before(pilot: Any) -> None:
+        publish_calls(app)
+        bus = app.gateway.bus
+        for n, version in enumerate(("2", "3")):
+            cid = f"appr-{n}"
+            args = {"name": "mcpguard-demo-model", "version": version, "stage": "Production"}
+            bus.publish(CallReceived(call_id=cid, server="mlflow", tool="transition_model_version_stage",
+                                     arguments=args, grant="local", session_id="s1", client="demo-agent",
+                                     ts=T0 + 30))
+            pilot.app.run_worker(app.gateway.approvals.request(
+                Call("mlflow", "transition_model_version_stage", args, session_id="s1", client="demo-agent",
+                     call_id=cid),
+                timeout_s=120, risk="high", reason="Stage changes reach production consumers."))
+        await pilot.pause()
+        await _settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+BROKEN = """\
+version = "1"
+default = "deny"
+
+[tools.get_run]
+
+[tools.transition_model_version_stage]
+action = "ask_someone"
+"""
+
+
+def test_editor_shows_the_error_line(snap_compare: Any, tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+
+    async def run_before(pilot: Any) -> None:
+        await pilot.press("e")
+        area = app.screen.query_one("#editor")
+        area.cursor_blink = False
+        area.load_text(BROKEN)
+        await pilot.pause()
+        area.move_cursor((6, 0))
+        await _settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
