@@ -511,7 +511,9 @@ class Gateway:
         label = f"{h.name}#{session_id[:8]}" if session_id else h.name
 
         def on_state(conn: UpstreamConnection, state: str, detail: str) -> None:
-            if conn.restarts or state != "up":
+            # a session's own upstream: only its faults and recoveries are news
+            # (its normal start and its close when the agent leaves are not)
+            if state == "restarting" or (state == "up" and conn.restarts) or (state == "down" and detail != "closed"):
                 self.bus.publish(UpstreamState(server=h.name, state=state, detail=f"session {label}: {detail}"))
 
         up = UpstreamConnection(h.config, init_params=params, on_request=on_request, on_notify=on_notify,
