@@ -168,3 +168,20 @@ async def test_serve_bad_config_exits_2(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2 and "mcpguard.toml:2" in proc.stderr
 
+
+
+async def test_port_in_use_is_a_clear_error_and_leaves_nothing_running(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = make_config(tmp_path, [everything_server("ev", tmp_path)], port=port)
+        from mcpguard.gateway import Gateway
+
+        gw = Gateway(cfg)
+        with pytest.raises(OSError, match=str(port)):
+            await gw.start()
+        assert gw.servers["ev"].state == "down"
+        assert gw.servers["ev"].control is not None and not gw.servers["ev"].control.up

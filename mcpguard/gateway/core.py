@@ -39,6 +39,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Mapping
@@ -305,8 +306,12 @@ class Gateway:
             self._build_endpoint(h)
         for h in self.servers.values():
             self._manager_tasks.append(asyncio.create_task(self._run_manager(h), name=f"mcp manager {h.name}"))
-        await asyncio.gather(*(self._start_control(h) for h in self.servers.values()))
-        await self._start_http()
+        try:
+            await asyncio.gather(*(self._start_control(h) for h in self.servers.values()))
+            await self._start_http()
+        except BaseException:
+            await self.stop()
+            raise
         url_file = _get(gw, "url_file")
         if url_file:
             p = Path(url_file)
@@ -475,19 +480,25 @@ class Gateway:
             access_log=False, timeout_graceful_shutdown=2,
         )
         server = _Server(config)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"mcpguard could not listen on {self.host}:{self.port}: "
+                                     f"{exc.strerror or exc}") from None
+        self._bound_port = sock.getsockname()[1]
         self._uvicorn = server
-        self._serve_task = asyncio.create_task(server.serve(), name="mcpguard http")
+        self._serve_task = asyncio.create_task(server.serve(sockets=[sock]), name="mcpguard http")
         for _ in range(1000):  # bounded: 10 s
             if server.started or self._serve_task.done():
                 break
             await asyncio.sleep(0.01)
-        if self._serve_task.done():
-            exc = self._serve_task.exception() if not self._serve_task.cancelled() else None
-            raise OSError(f"mcpguard could not listen on {self.host}:{self.port}: {exc or 'server exited'}")
         if not server.started:
-            raise OSError(f"mcpguard could not listen on {self.host}:{self.port} within 10 s")
-        sockets = [s for srv in server.servers for s in srv.sockets]
-        self._bound_port = sockets[0].getsockname()[1] if sockets else self.port
+            raise OSError(f"mcpguard could not start its HTTP server on {self.host}:{self._bound_port}")
 
     # -- sessions ----------------------------------------------------------------------
     async def _open_session(self, h: ServerHandle, ctx: ServerRequestContext[Any, Any]) -> DownstreamSession:

@@ -209,11 +209,15 @@ class UpstreamConnection:
                 self.protocol_version = result.get("protocolVersion")
                 await dispatcher.notify("notifications/initialized", None, self._opts())
                 self._dispatcher = dispatcher
-                self._set_state("up", "")
                 self._ready.set()
-                self._first.set()
                 if self._on_up is not None:
-                    tg.start_soon(self._on_up, self)
+                    # before "up" is announced, so listeners see e.g. the tools list filled
+                    try:
+                        await self._on_up(self)
+                    except Exception:
+                        log.exception("on_up of upstream %s raised", self.label)
+                self._set_state("up", "")
+                self._first.set()
                 stop_task = asyncio.ensure_future(self._stop.wait())
                 end_task = asyncio.ensure_future(ended.wait())
                 try:
