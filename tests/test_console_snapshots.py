@@ -157,7 +157,8 @@ action = "ask_someone"
 """
 
 
-def test_editor_shows_the_error_line(snap_compare: Any, tmp_path: Path) -> None:
+def test_editor_shows_the_error_line(snap_compare: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the title shows the policy path relative to the current folder
     app = make_app(tmp_path)
 
     async def run_before(pilot: Any) -> None:

@@ -300,8 +300,12 @@ class EditorScreen(Screen):
         area = self.query_one("#editor", PolicyTextArea)
         area.load_text(text)
         area.focus()
+        try:
+            shown = self.path.resolve().relative_to(Path.cwd().resolve())
+        except ValueError:
+            shown = self.path
         self.query_one("#editor-title", Static).update(
-            Text.assemble((" policy ", "bold reverse"), f" {self.server} · {self.path}"))
+            Text.assemble((" policy ", "bold reverse"), f" {self.server} · {shown}"))
         self.validate(text)
         self.refresh_pending()
 

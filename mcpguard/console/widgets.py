@@ -535,6 +535,7 @@ class ApprovalPrompt(Static):
         for part in (head, who, why, args, keys):
             part.truncate(width, overflow="ellipsis")
         t = Text("\n").join([head, who, why, args, keys])
+        t.no_wrap, t.overflow = True, "ellipsis"
         self.update(t)
 
     def step(self, pending: list[Any], delta: int) -> None:
