@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,10 +24,9 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from mcpguard.agent import run_agent
+from mcpguard.audit import read_audit
+from mcpguard.config import Config
 from mcpguard.gateway import Gateway
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from upstreams.harness import Cfg, GatewayCfg, ServerCfg  # noqa: E402  (the gateway tests' config records)
 
 pytestmark = pytest.mark.e2e
 
@@ -41,8 +39,10 @@ DECISION = "mcpguard/decision"
 async def gateway(mlflow_stack, tmp_path: Path) -> AsyncIterator[Gateway]:
     """mcpguard in front of the real mlflow-mcp, under the sample policy, audit on."""
     entry = mlflow_stack.server_config(policy=SAMPLE_POLICY, stderr_log=tmp_path / "mlflow-mcp.stderr.log")
-    server = ServerCfg(**{k: v for k, v in entry.items() if v is not None})
-    cfg = Cfg(gateway=GatewayCfg(audit_log=str(tmp_path / "audit.jsonl")), servers={"mlflow": server})
+    cfg = Config.from_dict(
+        {"gateway": {"port": 0, "audit_log": str(tmp_path / "audit.jsonl")}, "servers": {"mlflow": entry}},
+        base_dir=tmp_path,
+    )
     gw = Gateway(cfg)
     await gw.start()
     try:
@@ -66,12 +66,12 @@ def text(result: types.CallToolResult) -> str:
 
 
 def audit(tmp_path: Path) -> list[dict]:
-    return [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines() if line.strip()]
+    return read_audit(tmp_path / "audit.jsonl")
 
 
 def audited_calls(tmp_path: Path) -> dict[str, str]:
-    """call_id -> decision code, from the audit log's decision records."""
-    return {r["call_id"]: r["code"] for r in audit(tmp_path) if r.get("type") == "decision"}
+    """call_id -> decision code, from the audit log's `decision` records (mcpguard.audit's format)."""
+    return {r["call_id"]: r["decision"] for r in audit(tmp_path) if r.get("kind") == "decision"}
 
 
 async def wait_for_pending(gw: Gateway, tool: str, timeout_s: float = 60.0):
@@ -168,10 +168,9 @@ async def test_stage_transition_waits_for_approval(mlflow_stack, tmp_path):
         assert not r.is_error, text(r)
         assert gw.approvals.pending() == []
     assert stage_of(mlflow_stack, "3") == "Staging"
-    codes = list(audited_calls(tmp_path).values())
-    assert len(codes) == 2
-    records = audit(tmp_path)
-    assert any(r.get("type") == "completion" and r.get("is_error") is False for r in records)
+    assert list(audited_calls(tmp_path).values()) == ["approval_required", "approval_required"]
+    done = [(r["decision"], r.get("approver"), r["is_error"]) for r in audit(tmp_path) if r["kind"] == "completion"]
+    assert done == [("approval_denied", "console", True), ("approved", "console", False)]
 
 
 async def test_archiving_is_denied_before_anyone_is_asked(mlflow_stack, tmp_path):
