@@ -153,9 +153,9 @@ async def test_policy_change_while_waiting_is_re_evaluated(tmp_path: Path) -> No
         task = asyncio.create_task(s.call_tool("delete_thing", {"id": "a"}))
         (pa,) = await _wait_pending(gw)
         gw.set_policy("ev", parse_policy(policy.replace('action = "require_approval"', 'action = "deny"')))
-        gw.approvals.approve(pa.id)
+        assert not gw.approvals.approve(pa.id)  # the policy change already denied it
         res = await asyncio.wait_for(task, 20)
-        assert res.is_error and _meta(res)["code"] == "policy_denied"
+        assert res.is_error and _meta(res)["code"] == "policy_changed"
 
 
 async def test_headless_denies_approval_at_once(tmp_path: Path) -> None:

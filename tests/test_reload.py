@@ -116,3 +116,42 @@ async def test_an_edit_that_would_break_the_policy_is_refused_and_nothing_is_wri
         assert policy_path.read_text() == POLICY
         res = files.save_text("ev", POLICY + "\n[tools.oops\n")
         assert not res.applied and res.errors and policy_path.read_text() == POLICY
+
+
+APPROVAL_POLICY = """\
+version = "1"
+default = "deny"
+
+[tools.status]
+action = "require_approval"
+approval_timeout = "30s"
+"""
+
+
+async def _pending(gw, n=1):
+    for _ in range(500):
+        if len(gw.approvals.pending()) >= n:
+            return gw.approvals.pending()
+        await asyncio.sleep(0.01)
+    raise AssertionError("no pending approval")
+
+
+async def test_pending_approvals_follow_a_policy_change(tmp_path, policy_path):
+    """A waiting call whose tool becomes denied is denied; one whose tool becomes allowed goes through."""
+    cfg = make_config(tmp_path, [everything_server("ev", tmp_path, APPROVAL_POLICY)])
+    async with running(cfg) as gw, client(gw.url("ev")) as s:
+        files = PolicyFiles(gw)
+        waiting = asyncio.create_task(s.call_tool("status", {}))
+        await _pending(gw)
+        files.edit("ev", lambda t, f: set_action(t, f, "status", "deny"))
+        res = await asyncio.wait_for(waiting, 10)
+        assert res.is_error and res.meta["mcpguard/decision"]["code"] == "policy_changed"
+        assert "policy changed" in res.content[0].text
+
+        files.undo()  # back to require_approval
+        waiting = asyncio.create_task(s.call_tool("status", {}))
+        await _pending(gw)
+        files.edit("ev", lambda t, f: set_action(t, f, "status", "allow"))
+        res = await asyncio.wait_for(waiting, 10)
+        assert not res.is_error, res
+        assert gw.approvals.pending() == []

@@ -261,7 +261,11 @@ class Gateway:
 
         Counters are kept (they are keyed by counter name and scope key);
         counters no rule names any more are dropped once their window passed.
-        Pending approvals are re-evaluated when they resolve.
+        Pending approvals follow the new policy at once (issue 5): a waiting
+        call whose tool is now denied is denied (`policy_changed`), one whose
+        tool is now allowed is let through; one that still needs approval
+        keeps waiting. Approved calls are evaluated again before they are
+        forwarded, so a change while a call waits always counts.
         """
         h = self.servers[server]
         h.policy = policy
@@ -270,6 +274,26 @@ class Gateway:
         if policy is not None:
             with contextlib.suppress(Exception):
                 h.counters.retain(policy.counter_names(), time.monotonic())
+        self._follow_policy(h)
+
+    def _follow_policy(self, h: ServerHandle) -> None:
+        from mcpguard.approvals import Resolution
+        from mcpguard.policy import evaluate
+
+        now = time.monotonic()
+        for pa in self.approvals.pending():
+            if pa.call.server != h.name:
+                continue
+            d = evaluate(pa.call, h.policy, h.counters, now, risk=h.risk(pa.call.tool),
+                         tool_changed=pa.call.tool in h.changed_tools)
+            if d.action == "deny":
+                self.approvals.resolve(pa.id, Resolution("policy_changed", approved=False, by="policy",
+                                                         reason=f"the policy changed while the call waited: "
+                                                                f"{d.message}"))
+            elif d.action == "allow":
+                self.approvals.resolve(pa.id, Resolution("policy_changed", approved=True, by="policy",
+                                                         reason="the policy changed: the tool no longer "
+                                                                "needs approval"))
 
     def reject_policy(self, server: str, errors: list[str]) -> None:
         """Record that a policy file failed to load: the last good policy keeps running."""
@@ -660,7 +684,8 @@ class Gateway:
                                                       reason=decision.message)
             approver = resolution.by
             if not resolution.approved:
-                code = "approval_timeout" if resolution.outcome == "timed_out" else "approval_denied"
+                code = {"timed_out": "approval_timeout", "policy_changed": "policy_changed"}.get(
+                    resolution.outcome, "approval_denied")
                 msg = resolution.reason or ("no answer in time" if code == "approval_timeout" else "denied")
                 return self._deny(h, call, code, msg, decision.rule, None, t0, approver=approver)
             # the policy may have changed while the call waited

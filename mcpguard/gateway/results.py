@@ -4,7 +4,7 @@ A denied call is not a JSON-RPC error: the agent gets a `CallToolResult`
 with `isError: true`, a text it can act on, and
 `_meta["mcpguard/decision"] = {"code", "rule", "message", "retry_after_s"?}`
 (design §3). Codes: `policy_denied`, `rate_limited` (with `retry_after_s`),
-`approval_denied`, `approval_timeout`, `tool_changed`, `no_policy`, and for
+`approval_denied`, `approval_timeout`, `policy_changed`, `tool_changed`, `no_policy`, and for
 faults of the upstream `upstream_error`, `upstream_timeout`.
 
 A hidden tool answers exactly as the SDK servers (mcp 1.x FastMCP, mcp 2.x
@@ -26,6 +26,7 @@ _HINTS = {
     "rate_limited": "Retry after {retry:g} seconds.",
     "approval_denied": "A person denied this call.",
     "approval_timeout": "No one approved this call in time; ask the user before retrying.",
+    "policy_changed": "The policy changed while the call waited for approval; do not retry it unchanged.",
     "tool_changed": "The tool's definition changed since mcpguard first saw it; a person must review it.",
     "upstream_error": "The MCP server failed; it is being restarted, retry in a few seconds.",
     "upstream_timeout": "The MCP server did not answer in time; the call was cancelled.",
