@@ -145,6 +145,11 @@ class _Log:
 
     def first_in_window(self, now: float, window_s: float) -> int:
         """Index of the first admission still counting in a window of `window_s` at `now`."""
+        if window_s >= self.longest_s:
+            # the common case (one window per counter): after pruning by the
+            # longest window every admission left still counts
+            self.prune(now)
+            return 0
         return bisect.bisect_right(self.times, now, key=lambda t: t + window_s)
 
     def count(self, now: float, window_s: float) -> int:
