@@ -1,0 +1,44 @@
+"""CallLog, the console's fold of bus events: row cap, denials, pending, counters."""
+
+from __future__ import annotations
+
+from mcpguard import events as ev
+from mcpguard.console.model import CallLog
+
+
+def received(i: int) -> ev.CallReceived:
+    return ev.CallReceived(call_id=f"c{i}", server="s", tool="t", arguments={}, grant="local",
+                           session_id=None, client=None, ts=1000.0 + i)
+
+
+def test_keeps_only_the_newest_max_rows_and_reports_evictions() -> None:
+    log = CallLog(max_rows=3)
+    new, _ = log.apply([received(i) for i in range(5)])
+    assert list(log.calls) == ["c2", "c3", "c4"]
+    assert new == ["c2", "c3", "c4"] and log.evicted == ["c0", "c1"]
+    # a completion updates its row and counts the denial; the cap still holds
+    log.apply([ev.CallCompleted(call_id="c4", server="s", tool="t", outcome="rate_limited",
+                                is_error=True, duration_ms=1.0)])
+    assert log.denied_total == 1 and log.calls["c4"].decision_label == "…"
+    assert len(log.calls) == 3
+
+
+def test_pending_counters_and_labels() -> None:
+    log = CallLog()
+    log.apply([received(1),
+               ev.CallDecided(call_id="c1", server="s", tool="t", action="require_approval",
+                              code="approval_required", rule="tools.t.action", message=""),
+               ev.ApprovalRequested(approval_id="a1", call_id="c1", server="s", tool="t", arguments={},
+                                    grant="local", session_id=None, client=None, risk="high", reason=None,
+                                    deadline=2000.0),
+               ev.CounterChanged(server="s", counter="w", scope="grant", scope_key="local", count=4, max=5,
+                                 window_s=60, retry_after_s=0, ts=1000.0)])
+    rec = log.calls["c1"]
+    assert rec.decision_label == "pending" and rec.result_label == "waiting" and list(log.pending) == ["a1"]
+    assert log.counters[("s", "w", "local")].ratio == 0.8
+    _, changed = log.apply([ev.ApprovalResolved(approval_id="a1", call_id="c1", server="s", tool="t",
+                                                outcome="timed_out", approved=False, by="timeout")])
+    assert changed == {"c1"} and not log.pending and rec.decision_label == "timed out"
+    log.apply([ev.CounterChanged(server="s", counter="w", scope="grant", scope_key="local", count=0, max=5,
+                                 window_s=60, retry_after_s=0)])
+    assert not log.counters
