@@ -148,13 +148,32 @@ token_env = "MCPGUARD_SERVE_TEST_TOKEN"
             assert (await s.call_tool("echo", {"text": "served"})).content[0].text == "served"
             res = await s.call_tool("delete_thing", {"id": "1"})
             assert res.is_error and res.meta["mcpguard/decision"]["code"] == "approval_denied"
+            # the policy file is watched: a person denies echo, the running server obeys
+            (tmp_path / "ev.toml").write_text('version = "1"\ndefault = "allow"\n[tools.echo]\naction = "deny"\n')
+            for polls in range(1, 101):  # up to 5 s
+                res = await s.call_tool("echo", {"text": "again"})
+                if res.is_error:
+                    break
+                await asyncio.sleep(0.05)
+            assert res.meta["mcpguard/decision"]["code"] == "policy_denied"
+            # a typo is rejected with its line; the last good policy keeps running
+            (tmp_path / "ev.toml").write_text('version = "1"\ndefault = "allow"\n[tools.echo]\naction = "dney"\n')
+            for _ in range(100):
+                if "rejected" in (tmp_path / "serve.out").read_text():
+                    break
+                await asyncio.sleep(0.05)
+            assert "ev.toml:4:" in (tmp_path / "serve.out").read_text()
+            res = await s.call_tool("echo", {"text": "still"})
+            assert res.meta["mcpguard/decision"]["code"] == "policy_denied"
         with pytest.raises(Exception):
             async with client(f"{base}/mcp/ev") as s:
                 pass
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         assert "stopping" in (tmp_path / "serve.out").read_text()
-        assert (tmp_path / "audit.jsonl").read_text().count('"kind":"completion"') == 2
+        audit = (tmp_path / "audit.jsonl").read_text()
+        assert audit.count('"kind":"completion"') == 2 + polls + 1
+        assert audit.count('"kind":"policy_reloaded"') == 1 and audit.count('"kind":"policy_rejected"') == 1
     finally:
         if proc.poll() is None:
             proc.kill()

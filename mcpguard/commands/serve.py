@@ -4,7 +4,9 @@ Prints one endpoint URL per upstream server, writes `[gateway] url_file`,
 and runs until SIGINT or SIGTERM; then it denies pending approvals, closes
 every session and stops the upstream processes, and exits 0. With no
 console attached, a call that needs approval is denied at once or waits for
-its deadline, per `[gateway] headless_approvals`. Exit codes: 0 stopped
+its deadline, per `[gateway] headless_approvals`. Policy files are watched:
+a change is applied within a second, a broken one is rejected (printed
+with its line) while the last good policy keeps running. Exit codes: 0 stopped
 cleanly, 1 the gateway could not start (address in use, ...), 2 bad config.
 """
 
@@ -72,9 +74,21 @@ async def serve(config: Any, *, out: Any = None) -> int:
         print("  no grants: loopback clients only, as grant 'local'", file=out)
     print(f"  approvals: {gw.headless_approvals} (no console attached); Ctrl-C stops", file=out)
     out.flush()
+    from mcpguard.reload import PolicyFiles
+
+    def said(result: Any) -> None:
+        if result.applied:
+            print(f"mcpguard: policy of {result.server} reloaded\n{result.diff}", file=out)
+        for err in result.errors:
+            print(f"mcpguard: policy of {result.server} rejected, the last good one keeps running: {err}",
+                  file=out)
+        out.flush()
+
+    watcher = asyncio.create_task(PolicyFiles(gw).watch(on_result=said))
     try:
         await stop.wait()
     finally:
+        watcher.cancel()
         pending = len(gw.approvals.pending())
         print(f"mcpguard: stopping (denying {pending} pending approval{'s' if pending != 1 else ''})", file=out)
         out.flush()
