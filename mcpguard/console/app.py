@@ -2,21 +2,30 @@
 
 The app runs the gateway in Textual's own event loop, listens to its
 `EventBus` through one bounded subscription, and calls only the core API
-(`gateway.approvals.approve/deny`, `gateway.set_policy`). Events are drained
+(`gateway.approvals.approve/deny`, `mcpguard.reload.PolicyFiles`). Events are drained
 and folded into a `CallLog` on a timer (`FLUSH_INTERVAL_S`, 0.1 s), so a burst
 of calls costs at most ten repaints a second (style.md §5).
+
+Policy changes (issue 5) have one path: the app owns one
+`PolicyFiles(gateway)`; a worker runs its `watch()` (an external editor's
+save is applied or rejected within a second), the tune keys go through
+`PolicyFiles.edit`, the editor's ctrl+s through `PolicyFiles.save_text`, `u`
+through `PolicyFiles.undo`. Every outcome reaches the screen as a bus event
+(`PolicyReloaded` with its diff, `PolicyRejected` with file:line:col), shown
+as a notification, in the status bar and the tree.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from rich.text import Text
+from textual import work
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
@@ -47,6 +56,22 @@ def tool_state(policy: Any, tool: str) -> str:
     if state == "allowed" and rule is not None and rule.limits:
         return "limited"
     return state
+
+
+def diff_text(diff: str, max_lines: int = 8) -> str:
+    """The changed lines of a unified diff (no headers), at most `max_lines`."""
+    lines = [ln for ln in diff.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines] + [f"… {len(lines) - max_lines} more lines"]
+    return "\n".join(lines)
+
+
+def short_error(issue: str) -> str:
+    """`/path/ev.toml:8:1: message (hint)` -> `ev.toml line 8: message (hint)`."""
+    parts = issue.split(":", 3)
+    if len(parts) == 4 and parts[1].strip().isdigit():
+        return f"{Path(parts[0]).name} line {parts[1].strip()}: {parts[3].strip()}"
+    return issue
 
 
 class ConsoleApp(App[int]):
@@ -97,6 +122,9 @@ class ConsoleApp(App[int]):
         self.theme_errors: list[str] = []
         self.started = False
         self._tree_sig: tuple = ()
+        self.files: Any = None  # mcpguard.reload.PolicyFiles, once the gateway is up
+        self._watch_stop: asyncio.Event | None = None
+        self._edit_labels: dict[str, deque[str]] = defaultdict(deque)
 
     # -- life cycle -----------------------------------------------------------------
     async def on_mount(self) -> None:
@@ -132,7 +160,11 @@ class ConsoleApp(App[int]):
         self._after_start()
 
     def _after_start(self) -> None:
+        from mcpguard.reload import PolicyFiles
+
         self.started = True
+        self.files = PolicyFiles(self.gateway)
+        self.watch_policies()
         self.refresh_views()
         for fn in self._background:
             self.run_worker(fn(self), group="background", exit_on_error=False)
@@ -142,6 +174,8 @@ class ConsoleApp(App[int]):
         if self._stopping:
             return
         self._stopping = True
+        if self._watch_stop is not None:
+            self._watch_stop.set()
         if deny_pending:
             self.gateway.approvals.deny_all(by="console", reason="the console quit")
         self.workers.cancel_group(self, "background")
@@ -164,6 +198,19 @@ class ConsoleApp(App[int]):
                 await self.shutdown()
 
         self.push_screen(ConfirmQuitScreen(n), answered)
+
+    @work(exclusive=True, group="policy-watch", exit_on_error=False)
+    async def watch_policies(self) -> None:
+        """Follow every policy file (watchfiles, debounced): a change made in
+        another editor is applied, or rejected with its line, within a second.
+        Outcomes arrive as bus events; an open editor is told at once."""
+        self._watch_stop = asyncio.Event()
+        await self.files.watch(self._watch_stop, on_result=lambda r: self._disk_changed(r.server))
+
+    def _disk_changed(self, server: str) -> None:
+        for screen in self.screen_stack:
+            if isinstance(screen, EditorScreen) and screen.server == server:
+                screen.disk_changed()
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
@@ -188,9 +235,12 @@ class ConsoleApp(App[int]):
         log.evicted.clear()
         self.main.apply_batch(new, changed, evicted)
         kinds = {type(e).__name__ for e in batch}
+        self._notify_policy_events(batch)
+        if kinds & {"PolicyReloaded"}:
+            self._sync_counter_limits({e.server for e in batch if type(e).__name__ == "PolicyReloaded"})
         if kinds & {"PolicyReloaded", "PolicyRejected", "UpstreamState", "ToolChanged"}:
             self.main.refresh_tree()
-        if kinds & {"CounterChanged"}:
+        if kinds & {"CounterChanged", "PolicyReloaded"}:
             self.main.refresh_gauges()
         if kinds & {"ApprovalRequested", "ApprovalResolved"} or pending_before != len(log.pending):
             self.refresh_pending()
@@ -363,15 +413,95 @@ class ConsoleApp(App[int]):
             return
         self.push_screen(EditorScreen(name, Path(path)))
 
-    async def save_policy(self, server: str, path: Path, text: str, policy: Any) -> None:
-        """Write `text` atomically to `path`, then apply `policy` to `server` at once."""
-        from mcpguard.policy.edit import write_atomic
+    # -- policy edits (issue 5) -----------------------------------------------------
+    def edit_policy(self, server: str, label: str, fn: Callable[[str, str], str]) -> bool:
+        """Apply one text edit (`mcpguard.policy.edit`) to `server`'s policy file
+        through `PolicyFiles.edit`: validated, written atomically with comments
+        kept, applied at once. The notification with the diff follows from the
+        `PolicyReloaded` event; an `EditError` or `OSError` is an error
+        notification and nothing is written. Returns True when applied."""
+        from mcpguard.policy.edit import EditError
 
-        await asyncio.to_thread(write_atomic, path, text)
-        result = self.gateway.set_policy(server, policy)
-        if inspect.isawaitable(result):
-            await result
+        if self.files is None:
+            self.notify("the gateway is not up yet", severity="warning")
+            return False
+        try:
+            result = self.files.edit(server, fn)
+        except (EditError, OSError) as exc:
+            self.notify(str(exc), title=f"{label}: not changed", severity="error", timeout=8)
+            return False
+        if not result.applied:
+            if result.unchanged:
+                self.notify(f"{label}: the policy already says so")
+            return False
+        self._edit_labels[server].append(label)  # names the PolicyReloaded just published
+        self.flush_events()
+        return True
+
+    def undo_edit(self) -> None:
+        """Put back the policy text from before the last edit (`u`)."""
+        if self.files is None or not self.files.can_undo():
+            self.notify("nothing to undo", severity="warning")
+            return
+        try:
+            result = self.files.undo()
+        except OSError as exc:
+            self.notify(f"undo failed: {exc}", severity="error")
+            return
+        if result is not None and result.applied:
+            self._edit_labels[result.server].append("undo")
+        self.flush_events()
+
+    def save_policy_text(self, server: str, text: str) -> Any:
+        """The editor's ctrl+s: `PolicyFiles.save_text` (validated, written
+        atomically, applied). Returns the `ReloadResult`; raises EditError or
+        OSError (nothing lost: the editor keeps the text)."""
+        result = self.files.save_text(server, text)
+        if result.applied:
+            self._edit_labels[server].append("saved from the editor")
+        self.flush_events()
         self.refresh_views()
+        return result
+
+    def _notify_policy_events(self, batch: list[Any]) -> None:
+        for e in batch:
+            kind = type(e).__name__
+            if kind == "PolicyReloaded":
+                labels = self._edit_labels.get(e.server)
+                label = labels.popleft() if labels and e.source != "file" else None
+                name = Path(e.path).name or e.server
+                title = (f"{name}: {label}" if label else
+                         f"{name} changed on disk: applied" if e.source == "file" else f"{name}: applied")
+                self.notify(diff_text(e.diff) or "no change in the rules", title=title, timeout=6)
+            elif kind == "PolicyRejected":
+                first = short_error(e.errors[0]) if e.errors else "invalid policy"
+                more = f" (+{len(e.errors) - 1} more)" if len(e.errors) > 1 else ""
+                self.notify(f"{first}{more}\nthe previous policy keeps running",
+                            title=f"{Path(e.path).name or e.server} rejected", severity="error", timeout=10)
+            elif kind == "ApprovalResolved" and e.outcome == "policy_changed":
+                what = "let through" if e.approved else "denied"
+                self.notify(f"{e.tool} on {e.server}: the policy changed while it waited; {what}",
+                            title="approval resolved by the policy",
+                            severity="information" if e.approved else "warning", timeout=8)
+
+    def _sync_counter_limits(self, servers: set[str]) -> None:
+        """Let the gauges show a reloaded policy's `max` at once (counts are kept)."""
+        now_mono = time.monotonic()
+        for name in servers:
+            h = self._handles().get(name)
+            counters = getattr(h, "counters", None)
+            policy = getattr(h, "policy", None)
+            if counters is None or policy is None:
+                continue
+            limits = list(policy.all_tools_limits)
+            for rule in policy.tools.values():
+                limits += list(rule.limits)
+            try:
+                counters.update_limits(limits)
+                views = counters.snapshot(now_mono)
+            except Exception:  # noqa: BLE001 - gauges are a view; never break the console
+                continue
+            self.model.sync_counters(name, views, self.clock())
 
     # -- command palette ------------------------------------------------------------
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:

@@ -9,8 +9,13 @@ remap any key by id (`App.set_keymap({"approval.approve": "y"})`, or
 `[console.keys]` in mcpguard.toml).
 
 Contexts: `app` (everywhere), `main` (the main screen), `approval` (the
-approval queue, on the main screen and in the queue dialog), `editor` (the
-policy editor), `nav` (vim keys on lists and tables).
+approval queue, on the main screen and in the queue dialog), `tune` (edits of
+the policy on the selected tool in the tree or the selected counter gauge,
+issue 5), `editor` (the policy editor), `nav` (vim keys on lists and tables).
+
+`+` needs shift on most keyboards, so `=` does the same; terminals do not
+report shift on `+`/`-`, so "by ten" is `>` / `<` (shift+. and shift+, on a
+US layout), next to them.
 """
 
 from __future__ import annotations
@@ -48,7 +53,15 @@ KEYS: tuple[Key, ...] = (
         show=False, key_display="]"),
     Key("approval", "left_square_bracket", "prev_approval", "Previous approval", "approval.prev",
         show=False, key_display="["),
+    Key("tune", "plus,equals_sign", "max_up", "Max +1", "tune.max_up", key_display="+"),
+    Key("tune", "minus", "max_down", "Max -1", "tune.max_down", key_display="-"),
+    Key("tune", "greater_than_sign", "max_up_ten", "Max +10", "tune.max_up_ten", show=False, key_display=">"),
+    Key("tune", "less_than_sign", "max_down_ten", "Max -10", "tune.max_down_ten", show=False, key_display="<"),
+    Key("tune", "t", "cycle_action", "Action", "tune.action"),
+    Key("tune", "h", "toggle_hidden", "Hide", "tune.hide"),
+    Key("tune", "u", "undo", "Undo", "tune.undo"),
     Key("editor", "ctrl+s", "save", "Save & apply", "editor.save", priority=True, key_display="^s"),
+    Key("editor", "ctrl+r", "reload_from_disk", "Load file", "editor.reload", priority=True, key_display="^r"),
     Key("editor", "escape", "close", "Back", "editor.close", priority=True),
     Key("editor", "ctrl+t", "open_approvals", "Approvals", "editor.approvals", priority=True, key_display="^t"),
     Key("queue", "escape", "close", "Close", "queue.close"),
@@ -62,6 +75,7 @@ CONTEXT_TITLES = {
     "app": "Everywhere",
     "main": "Main screen",
     "approval": "Approval queue",
+    "tune": "Tune the policy (selected tool or counter gauge)",
     "editor": "Policy editor",
     "queue": "Approval dialog",
     "nav": "Lists and tables",

@@ -47,6 +47,7 @@ class CallRecord:
     approval_id: str | None = None
     pending: bool = False
     approval_outcome: str | None = None
+    approval_approved: bool | None = None  # for `policy_changed`: let through or denied
     approved_by: str | None = None
     outcome: str | None = None
     done: bool = False
@@ -60,6 +61,8 @@ class CallRecord:
         """Short decision text for the table: `allow`, `rate_limited`, `pending`, `approved`, ..."""
         if self.pending:
             return "pending"
+        if self.approval_outcome == "policy_changed":  # the policy changed while it waited
+            return "policy ✓" if self.approval_approved else "policy ✗"
         if self.approval_outcome:
             return {"approved": "approved", "denied": "denied", "timed_out": "timed out"}.get(
                 self.approval_outcome, self.approval_outcome)
@@ -74,7 +77,8 @@ class CallRecord:
         """True when mcpguard answered the call with a denial."""
         if self.outcome is not None:
             return self.outcome in DENIAL_CODES
-        return self.action == "deny" or self.approval_outcome in ("denied", "timed_out")
+        return self.action == "deny" or self.approval_outcome in ("denied", "timed_out") or (
+            self.approval_outcome == "policy_changed" and self.approval_approved is False)
 
     @property
     def result_label(self) -> str:
@@ -134,6 +138,18 @@ class CallLog:
         self.upstream_state: dict[str, str] = {}
         self.changed_tools: set[tuple[str, str]] = set()
 
+    def sync_counters(self, server: str, views: Iterable[Any], now: float) -> None:
+        """Replace `server`'s counters with `views` (`mcpguard.ratelimit.CounterView`s
+        from `Counters.snapshot`, e.g. after a reload changed a `max`);
+        `now` is epoch seconds, when the views were taken. Empty counters go."""
+        for key in [k for k in self.counters if k[0] == server]:
+            del self.counters[key]
+        for v in views:
+            if v.count > 0:
+                self.counters[(server, v.counter, v.scope_key)] = CounterView(
+                    server, v.counter, v.scope, v.scope_key, v.count, v.max, v.window_s,
+                    v.retry_after_s, seen_at=now)
+
     def calls_per_minute(self, now: float | None = None) -> int:
         """Calls received in the last 60 seconds."""
         now = time.time() if now is None else now
@@ -189,6 +205,9 @@ class CallLog:
                 if rec is not None:
                     rec.pending = False
                     rec.approval_outcome = e.outcome
+                    rec.approval_approved = e.approved
+                    if e.reason and e.outcome == "policy_changed":
+                        rec.message = e.reason
                     rec.approved_by = e.by
                     changed.add(e.call_id)
             elif isinstance(e, ev.CallCompleted):

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 class MainScreen(Screen):
     """Tree, live call table, detail, gauges, approval prompt and status bar."""
 
-    KEY_CONTEXTS = ("main", "approval")
-    BINDINGS = bindings("approval", "main")
+    KEY_CONTEXTS = ("main", "approval", "tune")
+    BINDINGS = bindings("approval", "main", "tune")
     app: ConsoleApp
 
     def compose(self) -> ComposeResult:
@@ -109,6 +109,7 @@ class MainScreen(Screen):
     @on(Tree.NodeHighlighted, "#tree")
     def _node_highlighted(self, event: Tree.NodeHighlighted) -> None:
         tree = self.query_one("#tree", ServerTree)
+        self.refresh_bindings()
         if not tree.has_focus or not event.node.data:
             return
         data = event.node.data
@@ -154,10 +155,97 @@ class MainScreen(Screen):
         table.follow()
         table.focus()
 
+    # -- tune the policy (issue 5) --------------------------------------------------
+    MAX_ACTIONS = {"max_up": 1, "max_down": -1, "max_up_ten": 10, "max_down_ten": -10}
+
+    def _selected_tool(self) -> tuple[str, str] | None:
+        """(server, tool) of the tree's cursor when the tree has focus."""
+        tree = self.query_one("#tree", ServerTree)
+        node = tree.cursor_node
+        if tree.has_focus and node is not None and node.data and node.data.get("tool"):
+            return node.data["server"], node.data["tool"]
+        return None
+
+    def _selected_counter(self) -> tuple[str, str] | None:
+        """(server, counter) of the selected gauge when the gauge panel has focus."""
+        gauges = self.query_one("#gauges", GaugePanel)
+        v = gauges.selected if gauges.has_focus else None
+        return (v.server, v.counter) if v is not None else None
+
+    @on(GaugePanel.Selected)
+    def _gauge_selected(self, event: GaugePanel.Selected) -> None:
+        self.refresh_bindings()
+
+    def on_descendant_focus(self, event: Any) -> None:
+        self.refresh_bindings()
+
+    def _change_max(self, delta: int) -> None:
+        from functools import partial
+
+        from mcpguard.policy.edit import set_max
+
+        counter = self._selected_counter()
+        if counter is not None:
+            server, name = counter
+            self.app.edit_policy(server, f"{name} max {delta:+d}", partial(set_max, counter=name, delta=delta))
+            return
+        tool = self._selected_tool()
+        if tool is not None:
+            server, name = tool
+            self.app.edit_policy(server, f"{name} max {delta:+d}", partial(set_max, tool=name, delta=delta))
+
+    def action_max_up(self) -> None:
+        self._change_max(1)
+
+    def action_max_down(self) -> None:
+        self._change_max(-1)
+
+    def action_max_up_ten(self) -> None:
+        self._change_max(10)
+
+    def action_max_down_ten(self) -> None:
+        self._change_max(-10)
+
+    def action_cycle_action(self) -> None:
+        from mcpguard.policy.edit import next_action, set_action
+
+        sel = self._selected_tool()
+        if sel is None:
+            return
+        server, tool = sel
+        policy = getattr(self.app.gateway.servers[server], "policy", None)
+        rule = policy.tools.get(tool) if policy is not None else None
+        current = (rule.action or "allow") if rule is not None else (policy.default if policy else "deny")
+        new = next_action(current)
+        self.app.edit_policy(server, f"{tool}: {current} → {new}",
+                             lambda text, fmt: set_action(text, fmt, tool, new))
+
+    def action_toggle_hidden(self) -> None:
+        from mcpguard.policy.edit import set_hidden
+
+        sel = self._selected_tool()
+        if sel is None:
+            return
+        server, tool = sel
+        policy = getattr(self.app.gateway.servers[server], "policy", None)
+        hide = not (policy is not None and policy.is_hidden(tool))
+        self.app.edit_policy(server, f"{tool}: {'hidden' if hide else 'shown'}",
+                             lambda text, fmt: set_hidden(text, fmt, tool, hide))
+
+    def action_undo(self) -> None:
+        self.app.undo_edit()
+
     # -- approvals ----------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("approve", "deny", "approve_session", "next_approval", "prev_approval"):
             return bool(self.app.model.pending)
+        if action in self.MAX_ACTIONS:
+            return self._selected_counter() is not None or self._selected_tool() is not None
+        if action in ("cycle_action", "toggle_hidden"):
+            return self._selected_tool() is not None
+        if action == "undo":
+            files = getattr(self.app, "files", None)
+            return bool(files is not None and files.can_undo())
         return True
 
     def _current_approval(self) -> str | None:
@@ -265,9 +353,12 @@ class EditorScreen(Screen):
     """The policy file of one server in a TOML (or JSON) editor.
 
     Validates as you type with `mcpguard.policy.parse_policy` and marks the
-    first error's line; `ctrl+s` writes the file atomically and applies the
-    policy at once; a policy with errors is never written nor applied.
-    Pending approvals show as a banner; `ctrl+t` opens the queue.
+    first error's line; `ctrl+s` saves through `PolicyFiles.save_text`
+    (written atomically, applied at once); a policy with errors is never
+    written nor applied. Pending approvals show as a banner; `ctrl+t` opens
+    the queue. When the file changes on disk (another editor), the editor
+    shows the new text if it has no unsaved changes; otherwise a banner
+    offers `ctrl+r` to load the file or `ctrl+s` to keep (and save) yours.
     """
 
     KEY_CONTEXTS = ("editor",)
@@ -282,10 +373,12 @@ class EditorScreen(Screen):
         self.issues: list[Any] = []
         self.saved_text = ""
         self._warned_unsaved = False
+        self.disk_conflict = False  # the file changed on disk while there were unsaved edits
 
     def compose(self) -> ComposeResult:
         yield Static(id="editor-title")
         yield Static(id="editor-banner")
+        yield Static(id="editor-disk")
         yield PolicyTextArea.code_editor("", language=self.fmt, id="editor", soft_wrap=False)
         yield Static(id="editor-errors")
         yield Footer(compact=True)
@@ -308,6 +401,62 @@ class EditorScreen(Screen):
             Text.assemble((" policy ", "bold reverse"), f" {self.server} · {shown}"))
         self.validate(text)
         self.refresh_pending()
+        self._show_conflict()
+
+    def _area(self) -> PolicyTextArea:
+        return self.query_one("#editor", PolicyTextArea)
+
+    def _read_disk(self) -> str | None:
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except OSError:
+            return None
+
+    def disk_changed(self) -> None:
+        """The file may have changed on disk: follow it, or offer to when there are unsaved edits."""
+        if not self.is_mounted:
+            return
+        disk = self._read_disk()
+        if disk is None or disk == self.saved_text:
+            return
+        area = self._area()
+        if area.text == self.saved_text:  # nothing unsaved: show the file as it is now
+            self._load(disk)
+            self.notify(f"{self.path.name} changed on disk; the editor shows it")
+        elif area.text == disk:  # the same as ours
+            self.saved_text = disk
+            self.validate(disk)
+        else:
+            self.disk_conflict = True
+            self._show_conflict()
+
+    def _load(self, text: str) -> None:
+        area = self._area()
+        cursor = area.cursor_location
+        self.saved_text = text
+        area.load_text(text)
+        try:
+            area.move_cursor(cursor)
+        except Exception:  # noqa: BLE001 - a shorter text: stay where load put us
+            pass
+        self.disk_conflict = False
+        self._show_conflict()
+        self.validate(text)
+
+    def _show_conflict(self) -> None:
+        bar = self.query_one("#editor-disk", Static)
+        bar.display = self.disk_conflict
+        if self.disk_conflict:
+            bar.update(Text(" the file changed on disk · ctrl+r loads it (drops your edits) · "
+                            "ctrl+s keeps yours ", style="bold"))
+        self.refresh_bindings()
+
+    def action_reload_from_disk(self) -> None:
+        disk = self._read_disk()
+        if disk is None:
+            self.notify(f"cannot read {self.path}", severity="error")
+            return
+        self._load(disk)
 
     def refresh_pending(self) -> None:
         n = len(self.app.model.pending)
@@ -321,6 +470,8 @@ class EditorScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "open_approvals":
             return bool(self.app.model.pending)
+        if action == "reload_from_disk":
+            return self.disk_conflict
         return True
 
     @on(TextArea.Changed, "#editor")
@@ -360,23 +511,30 @@ class EditorScreen(Screen):
         out.set_class(False, "-error")
         return policy
 
-    async def action_save(self) -> None:
-        text = self.query_one("#editor", PolicyTextArea).text
-        policy = self.validate(text)
-        if policy is None:
+    def action_save(self) -> None:
+        from mcpguard.policy.edit import EditError
+
+        text = self._area().text
+        if self.validate(text) is None:
             self.notify("the policy has errors; nothing was written or applied", severity="error")
             return
         try:
-            await self.app.save_policy(self.server, self.path, text, policy)
-        except Exception as exc:  # noqa: BLE001 - shown to the person, nothing lost
+            result = self.app.save_policy_text(self.server, text)
+        except (EditError, OSError) as exc:  # shown to the person, nothing lost
             self.notify(f"not saved: {exc}", severity="error")
             return
+        if result.errors:
+            self.notify("not saved: " + "; ".join(result.errors[:2]), severity="error")
+            return
         self.saved_text = text
+        self.disk_conflict = False
+        self._show_conflict()
         self.validate(text)
-        self.notify(f"saved {self.path.name} and applied to {self.server}")
+        if result.unchanged:
+            self.notify(f"saved {self.path.name}; the running policy already says this")
 
     def action_close(self) -> None:
-        text = self.query_one("#editor", PolicyTextArea).text
+        text = self._area().text
         if text != self.saved_text and not self._warned_unsaved:
             self._warned_unsaved = True
             self.notify("unsaved changes: ctrl+s saves, esc again discards them", severity="warning")
@@ -404,6 +562,10 @@ class HelpScreen(ModalScreen[None]):
                 t.append(f"  {(k.key_display or k.key):<8}", style="bold")
                 t.append(f"{k.description}\n")
             t.append("\n")
+        t.append("+ is also =; terminals do not report shift, so > and < change a max by ten.\n",
+                 style="dim")
+        t.append("Tune keys act on the selected tool (tree) or gauge (counters: tab to it).\n\n",
+                 style="dim")
         t.append("Tree glyphs  ", style="bold")
         t.append("✓ allowed  ≤ limited  ? needs approval  ✗ denied  - hidden\n")
         t.append("Colors are risk: low, medium, high, critical (see the theme).\n", style="dim")

@@ -17,6 +17,8 @@ from rich.console import Group
 from rich.json import JSON
 from rich.text import Text
 from textual import events
+from textual.binding import Binding
+from textual.geometry import Region
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
@@ -452,25 +454,107 @@ def render_gauge(view: CounterView, now: float, width: int, colors: dict[str, st
 
 
 class GaugePanel(VerticalScroll):
-    """One gauge per live counter: name, scope key, count of max, window, time until a slot frees."""
+    """One gauge per live counter: name, scope key, count of max, window, time until a slot frees.
+
+    Focusable: up/down (j/k) or a click select a gauge, so the tune keys
+    (`+`/`-`) know which counter they change; the selected gauge is marked
+    while the panel has focus. Posts `Selected` when the selection moves.
+    """
+
+    can_focus = True
+    BINDINGS = bindings("nav") + [
+        Binding("up", "cursor_up", "Up", show=False),
+        Binding("down", "cursor_down", "Down", show=False),
+    ]
+
+    class Selected(Message):
+        """The selected gauge changed (`counter` is None when there is none)."""
+
+        def __init__(self, server: str | None, counter: str | None) -> None:
+            super().__init__()
+            self.server = server
+            self.counter = counter
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self._body = Static(id="gauges-body")
+        self._views: list[CounterView] = []
+        self._selected: tuple[str, str, str] | None = None
+        self._now = 0.0
 
     def compose(self):  # type: ignore[override]
         yield self._body
 
+    @property
+    def selected(self) -> CounterView | None:
+        """The selected gauge's counter, or None when there are no live counters."""
+        if not self._views:
+            return None
+        return next((v for v in self._views if v.key == self._selected), self._views[0])
+
     def show(self, counters: list[CounterView], now: float) -> None:
-        if not counters:
+        self._views = sorted(counters, key=lambda c: (c.server, c.counter, c.scope_key))
+        self._now = now
+        self._render_gauges()
+
+    def _render_gauges(self) -> None:
+        if not self._views:
             self._body.update(Text("no live counters", style="dim"))
             return
         colors = {"ok": theme_color(self, "gauge-ok"), "warning": theme_color(self, "warning"),
                   "error": theme_color(self, "error")}
         width = max(12, self.scrollable_content_region.width or 30)
-        parts = [render_gauge(c, now, width, colors)
-                 for c in sorted(counters, key=lambda c: (c.server, c.counter, c.scope_key))]
+        sel = self.selected if self.has_focus else None
+        parts = []
+        for c in self._views:
+            g = render_gauge(c, self._now, width, colors)
+            if sel is not None and c.key == sel.key:
+                g.stylize("reverse", 0, len(g.plain.split("\n", 1)[0]))
+            parts.append(g)
         self._body.update(Text("\n").join(parts))
+
+    def _move(self, delta: int) -> None:
+        if not self._views:
+            return
+        cur = self.selected
+        idx = self._views.index(cur) if cur in self._views else 0
+        idx = max(0, min(len(self._views) - 1, idx + delta))
+        self._select(idx)
+
+    def _select(self, idx: int) -> None:
+        v = self._views[idx]
+        self._selected = v.key
+        self._render_gauges()
+        self.scroll_to_region(Region(0, 2 * idx, 1, 2), animate=False)
+        self.post_message(self.Selected(v.server, v.counter))
+
+    def action_cursor_down(self) -> None:
+        self._move(+1)
+
+    def action_cursor_up(self) -> None:
+        self._move(-1)
+
+    def action_scroll_home(self) -> None:
+        if self._views:
+            self._select(0)
+
+    def action_scroll_end(self) -> None:
+        if self._views:
+            self._select(len(self._views) - 1)
+
+    def on_click(self, event: events.Click) -> None:
+        y = event.screen_y - self.content_region.y + int(self.scroll_y)
+        if self._views and 0 <= y // 2 < len(self._views):
+            self._select(y // 2)
+
+    def on_focus(self) -> None:
+        self._render_gauges()
+        if self._views:
+            v = self.selected
+            self.post_message(self.Selected(v.server, v.counter))
+
+    def on_blur(self) -> None:
+        self._render_gauges()
 
 
 # -- approval prompt -----------------------------------------------------------
