@@ -238,3 +238,31 @@ async def test_scripted_agent_plays_a_loop_through_mcpguard(mlflow_stack, tmp_pa
     # every call the agent made is in the audit log, with its decision
     tool_calls = [st for st in steps if st.tool != "tools/list"]
     assert len(audited_calls(tmp_path)) == len(tool_calls)
+
+
+async def test_agent_cancelled_while_waiting_for_approval_leaves_nothing_pending(mlflow_stack, tmp_path):
+    steps = []
+    async with gateway(mlflow_stack, tmp_path) as gw:
+        agent = asyncio.create_task(run_agent(gw.url("mlflow"), loops=1, pace_s=0, on_step=steps.append))
+        pending = await wait_for_pending(gw, "set_model_alias")
+        assert pending.call.arguments["alias"] == "challenger"
+        agent.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(agent, 30)
+        for _ in range(200):  # the gateway withdraws the approval once the session is gone (bounded: 10 s)
+            if not gw.approvals.pending():
+                break
+            await asyncio.sleep(0.05)
+        assert gw.approvals.pending() == []
+    assert [st.tool for st in steps][-1] == "set_experiment_tag"  # the alias call never completed
+
+
+async def test_agent_reports_a_refused_connection_and_keeps_its_bound():
+    from mcpguard.stack import free_port
+
+    steps = []
+    url = f"http://127.0.0.1:{free_port()}/mcp/mlflow"  # nothing listens there
+    stats = await asyncio.wait_for(run_agent(url, loops=2, pace_s=0, on_step=steps.append), 60)
+    assert [st.outcome for st in steps] == ["connection_error", "connection_error"]
+    assert "Connect" in steps[0].text or "connect" in steps[0].text
+    assert stats.loops == 0 and stats.steps == 2
