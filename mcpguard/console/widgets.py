@@ -147,6 +147,9 @@ class ServerTree(Tree[dict]):
             if cursor and not cursor.get("tool") and cursor.get("server") == s.name:
                 target = node
         if target is not None:
+            # a node learns its line when the tree lines are built; build them now so
+            # the cursor stays on the same tool through a refresh (a tune key, a reload)
+            self._tree_lines  # noqa: B018
             self.move_cursor(target, animate=False)
 
     def tool_view(self, server: str, tool: str) -> ToolView | None:
