@@ -21,7 +21,8 @@ and to `mcp-proxy`. Bounded: each cell stops at `--seconds` or 200,000 calls,
 and every process started here is stopped by its pid at the end.
 
 `--profile FILE` runs the mcpguard leg under cProfile (pstats written to FILE
-when the gateway stops) to see where its time goes.
+when the gateway stops) to see where its time goes; the profiler slows the
+gateway about twofold, so the figures of such a run are not comparable.
 """
 
 from __future__ import annotations
@@ -153,6 +154,8 @@ class Cell:
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
+    proxy_cpu_s: float = 0.0  # CPU seconds of the proxy process (not its upstreams) in the timed part
+    client_cpu_s: float = 0.0  # CPU seconds of this load generator in the timed part
 
     @property
     def rate(self) -> float:
@@ -163,6 +166,17 @@ class Cell:
             return float("nan")
         xs = sorted(self.latencies)
         return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
+
+
+def process_cpu_s(pid: int | None) -> float:
+    """user+system CPU seconds of process `pid` so far (Linux /proc), 0 without a pid."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.asynccontextmanager
@@ -191,6 +205,7 @@ async def run_cell(target: dict, clients: int, seconds: float, cell: Cell) -> No
             if r.is_error:
                 raise RuntimeError(f"{target['name']}: echo failed: {r.content}")
         budget = MAX_CALLS_PER_CELL // clients
+        cpu0, own0 = process_cpu_s(target.get("pid")), time.process_time()
         started = time.perf_counter()
         deadline = started + seconds
 
@@ -207,6 +222,8 @@ async def run_cell(target: dict, clients: int, seconds: float, cell: Cell) -> No
 
         await asyncio.wait_for(asyncio.gather(*(worker(s) for s in sessions)), seconds + 60)
         cell.seconds += time.perf_counter() - started
+        cell.proxy_cpu_s += process_cpu_s(target.get("pid")) - cpu0
+        cell.client_cpu_s += time.process_time() - own0
 
 
 # ---------------------------------------------------------------------------- main
@@ -233,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             p = start("echo-http", [sys.executable, str(ECHO), "--http", str(port)], work / "echo-http.log")
             procs.append(p)
-            targets["direct-http"] = {"name": "direct-http", "kind": "http", "url": f"http://127.0.0.1:{port}/mcp"}
+            targets["direct-http"] = {"name": "direct-http", "kind": "http", "url": f"http://127.0.0.1:{port}/mcp", "pid": p.popen.pid}
             wait_http(targets["direct-http"]["url"], p)
         if "mcpguard" in legs:
             port = free_port()
@@ -248,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd[1:1] = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())]
             p = start("mcpguard", cmd, work / "mcpguard.log")
             procs.append(p)
-            targets["mcpguard"] = {"name": "mcpguard", "kind": "http", "url": f"http://127.0.0.1:{port}/mcp/echo"}
+            targets["mcpguard"] = {"name": "mcpguard", "kind": "http", "url": f"http://127.0.0.1:{port}/mcp/echo", "pid": p.popen.pid}
             wait_http(f"http://127.0.0.1:{port}/", p)
         if "mcp-proxy" in legs:
             env = ensure_mcp_proxy_env()
@@ -260,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 work / "mcp-proxy.log",
             )  # fmt: skip
             procs.append(p)
-            targets["mcp-proxy"] = {"name": "mcp-proxy", "kind": "http", "url": f"http://127.0.0.1:{port}/mcp"}
+            targets["mcp-proxy"] = {"name": "mcp-proxy", "kind": "http", "url": f"http://127.0.0.1:{port}/mcp", "pid": p.popen.pid}
             wait_http(f"http://127.0.0.1:{port}/status", p)
 
         cells = {(leg, c): Cell(leg, c) for leg in targets for c in concurrency}
@@ -281,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"mcpguard bench_gateway: {args.rounds} rounds x {args.seconds:g} s per cell, "
           f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}")  # fmt: skip
-    head = f"{'leg':<13}{'clients':>8}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x direct':>10}{'x mcp-proxy':>13}{'errors':>8}"
+    head = (f"{'leg':<13}{'clients':>8}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x direct':>10}{'x mcp-proxy':>13}"
+            f"{'errors':>8}{'srv CPU ms/call':>17}{'client CPU ms/call':>20}")  # fmt: skip
     print(head)
     print("-" * len(head))
     for c in concurrency:
@@ -291,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
             cell = cells[(leg, c)]
             xd = f"{cell.rate / direct.rate:.2f}" if direct and direct.rate else "-"
             xp = f"{cell.rate / proxy.rate:.2f}" if proxy and proxy.rate else "-"
-            print(f"{leg:<13}{c:>8}{cell.rate:>10.0f}{cell.pct(0.5):>9.2f}{cell.pct(0.99):>9.2f}{xd:>10}{xp:>13}{cell.errors:>8}")
+            srv = f"{cell.proxy_cpu_s / cell.calls * 1000:.2f}" if cell.calls and cell.proxy_cpu_s else "-"
+            cli = f"{cell.client_cpu_s / cell.calls * 1000:.2f}" if cell.calls else "-"
+            print(f"{leg:<13}{c:>8}{cell.rate:>10.0f}{cell.pct(0.5):>9.2f}{cell.pct(0.99):>9.2f}{xd:>10}{xp:>13}"
+                  f"{cell.errors:>8}{srv:>17}{cli:>20}")  # fmt: skip
     if "mcpguard" in targets:
         calls = sum(cells[("mcpguard", c)].calls for c in concurrency)
         print(f"\nmcpguard audit log: {audit_lines} records for {calls} timed calls (+ warm-up calls)")

@@ -287,6 +287,7 @@ async def run_agent(
     headers = {"Authorization": f"Bearer {token}"} if token else None
     loop_no = 0
     while loops is None or loop_no < loops:
+        in_loop = False  # whether the failure below cut a loop short (it then counts as that loop)
         try:
             async with create_mcp_http_client(headers=headers) as http:
                 async with streamable_http_client(url, http_client=http) as (read, write):
@@ -296,15 +297,18 @@ async def run_agent(
                         await session.initialize()
                         while loops is None or loop_no < loops:
                             loop_no += 1
+                            in_loop = True
                             s = _Session(session, loop_no, emit, call_timeout_s)
                             await play_loop(
                                 s, pace_s=pace_s, burst=burst, experiment_name=experiment_name, model_name=model_name
                             )
                             stats.loops += 1
+                            in_loop = False
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a lost connection or a refused session: report, pause, retry
-            loop_no += 1
+            if not in_loop:
+                loop_no += 1
             await emit(Step(loop_no, "connect", "initialize", {"url": url}, "connection_error", None, _describe(exc)))
             await asyncio.sleep(max(pace_s, 1.0))
     return stats

@@ -294,7 +294,7 @@ class MlflowTrackingServer:
                 return self
             except StackError as exc:
                 last = exc
-                if self.port:
+                if "already in use" not in str(exc):  # only a lost race for the port is retried
                     break
         assert last is not None
         raise last
