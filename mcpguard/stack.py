@@ -119,8 +119,11 @@ def ensure_mlflow_env(home: str | os.PathLike[str] | None = None, *, log=None) -
     env_dir.parent.mkdir(parents=True, exist_ok=True)
     lock_path = env_dir.parent / f".{ENV_DIR_NAME}.lock"
     with open(lock_path, "w") as lock:
-        say(f"waiting for the install lock {lock_path}")
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"another process is installing the MLflow environment; waiting ({lock_path})")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if is_mlflow_env_ready(env_dir):  # another process finished it meanwhile
                 return env_dir
