@@ -58,7 +58,7 @@ def tool_state(policy: Any, tool: str) -> str:
     return state
 
 
-def diff_text(diff: str, max_lines: int = 8) -> str:
+def diff_text(diff: str, max_lines: int = 4) -> str:
     """The changed lines of a unified diff (no headers), at most `max_lines`."""
     lines = [ln for ln in diff.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
     if len(lines) > max_lines:
@@ -472,7 +472,7 @@ class ConsoleApp(App[int]):
                 name = Path(e.path).name or e.server
                 title = (f"{name}: {label}" if label else
                          f"{name} changed on disk: applied" if e.source == "file" else f"{name}: applied")
-                self.notify(diff_text(e.diff) or "no change in the rules", title=title, timeout=6)
+                self.notify(diff_text(e.diff) or "no change in the rules", title=title, timeout=4)
             elif kind == "PolicyRejected":
                 first = short_error(e.errors[0]) if e.errors else "invalid policy"
                 more = f" (+{len(e.errors) - 1} more)" if len(e.errors) > 1 else ""

@@ -37,6 +37,7 @@ class Key:
     show: bool = True
     key_display: str | None = None
     priority: bool = False
+    group: str | None = None  # keys of one group share one footer label (`+ - Max`)
 
 
 KEYS: tuple[Key, ...] = (
@@ -53,8 +54,8 @@ KEYS: tuple[Key, ...] = (
         show=False, key_display="]"),
     Key("approval", "left_square_bracket", "prev_approval", "Previous approval", "approval.prev",
         show=False, key_display="["),
-    Key("tune", "plus,equals_sign", "max_up", "Max +1", "tune.max_up", key_display="+"),
-    Key("tune", "minus", "max_down", "Max -1", "tune.max_down", key_display="-"),
+    Key("tune", "plus,equals_sign", "max_up", "Max +1", "tune.max_up", key_display="+", group="Max"),
+    Key("tune", "minus", "max_down", "Max -1", "tune.max_down", key_display="-", group="Max"),
     Key("tune", "greater_than_sign", "max_up_ten", "Max +10", "tune.max_up_ten", show=False, key_display=">"),
     Key("tune", "less_than_sign", "max_down_ten", "Max -10", "tune.max_down_ten", show=False, key_display="<"),
     Key("tune", "t", "cycle_action", "Action", "tune.action"),
@@ -75,18 +76,27 @@ CONTEXT_TITLES = {
     "app": "Everywhere",
     "main": "Main screen",
     "approval": "Approval queue",
-    "tune": "Tune the policy (selected tool or counter gauge)",
+    "tune": "Tune the policy (selected tool or gauge)",
     "editor": "Policy editor",
     "queue": "Approval dialog",
     "nav": "Lists and tables",
 }
 
 
+_GROUPS: dict[str, Binding.Group] = {}
+
+
+def _group(name: str | None) -> Binding.Group | None:
+    if name is None:
+        return None
+    return _GROUPS.setdefault(name, Binding.Group(name))
+
+
 def bindings(*contexts: str) -> list[Binding]:
     """Textual `Binding`s for the keys of `contexts`, in table order."""
     return [
         Binding(k.key, k.action, k.description, show=k.show, key_display=k.key_display,
-                priority=k.priority, id=k.id)
+                priority=k.priority, id=k.id, group=_group(k.group))
         for k in KEYS if k.context in contexts
     ]
 

@@ -192,6 +192,14 @@ class MainScreen(Screen):
         tool = self._selected_tool()
         if tool is not None:
             server, name = tool
+            policy = getattr(self.app.gateway.servers[server], "policy", None)
+            rule = policy.tools.get(name) if policy is not None else None
+            shared = policy.limits_for(name) if policy is not None else ()
+            if (rule is None or not rule.limits) and shared:
+                # the tool counts against `all_tools.limits`: its first limit is that counter
+                self.app.edit_policy(server, f"{shared[0].counter} max {delta:+d}",
+                                     partial(set_max, counter=shared[0].counter, delta=delta))
+                return
             self.app.edit_policy(server, f"{name} max {delta:+d}", partial(set_max, tool=name, delta=delta))
 
     def action_max_up(self) -> None:
@@ -615,7 +623,7 @@ def tool_detail_text(server: str, tool: str, view: Any, policy: Any) -> Text:
     if rule is not None:
         if rule.reason:
             t.append(f"reason {rule.reason}\n", style="italic")
-        for lim in getattr(policy, "limits_for", lambda _t: ())(tool):
+        for lim in getattr(policy, "limits_for", lambda _t: ())(tool):  # + - > < change the first
             t.append(f"limit {lim.counter}: {lim.max}{fmt_window(lim.window_s)} per {lim.scope}\n")
         for e in rule.deny_if:
             t.append(f"deny_if {e.path}: {e.on_deny or ''}\n")

@@ -648,7 +648,10 @@ class StatusBar(Static):
         t.append("│ ", style="dim")
         t.append(f"{policy} ")
         if policy_error:
-            t.append(f"✗ {policy_error} ", style=f"bold {theme_color(self, 'error')}")
+            # keep the counts and pending in view: the error's line comes first, the rest may go
+            room = max(16, (self.size.width or 120) - 58)
+            err = policy_error if len(policy_error) <= room else policy_error[: room - 1] + "…"
+            t.append(f"✗ {err} ", style=f"bold {theme_color(self, 'error')}")
         else:
             t.append("ok ", style=theme_color(self, "success"))
         t.append("│ ", style="dim")
