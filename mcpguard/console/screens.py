@@ -455,8 +455,8 @@ class EditorScreen(Screen):
         bar = self.query_one("#editor-disk", Static)
         bar.display = self.disk_conflict
         if self.disk_conflict:
-            bar.update(Text(" the file changed on disk · ctrl+r loads it (drops your edits) · "
-                            "ctrl+s keeps yours ", style="bold"))
+            bar.update(Text(" changed on disk · ctrl+r loads it (drops your edits) · ctrl+s keeps yours ",
+                            style="bold"))
         self.refresh_bindings()
 
     def action_reload_from_disk(self) -> None:
