@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import itertools
 import json
@@ -87,6 +88,15 @@ def _get(obj: Any, *names: str, default: Any = None) -> Any:
         if v is not None:
             return v
     return default
+
+
+def _listened(bus: EventBus) -> bool:
+    """Whether `bus` has any subscriber or listener (the console, the audit log, a test).
+
+    The per-call events (and the result's size, which needs its JSON) are
+    built only then; with audit on there is always a listener.
+    """
+    return bool(getattr(bus, "_subs", True) or getattr(bus, "_listeners", True))
 
 
 # ---------------------------------------------------------------------------
@@ -662,8 +672,9 @@ class Gateway:
                     session_id=sess.session_id, client=sess.client, call_id=f"{self._run}-{next(self._ids)}")
         t0 = time.perf_counter()
         bus = self.bus
-        bus.publish(CallReceived(call_id=call.call_id, server=h.name, tool=name, arguments=arguments,
-                                 grant=call.grant, session_id=call.session_id, client=call.client))
+        if _listened(bus):
+            bus.publish(CallReceived(call_id=call.call_id, server=h.name, tool=name, arguments=arguments,
+                                     grant=call.grant, session_id=call.session_id, client=call.client))
         risk = h.risk(name)
         policy = h.policy
         decision = evaluate(call, policy, h.counters, time.monotonic(), risk=risk,
@@ -725,6 +736,8 @@ class Gateway:
         return result
 
     def _decided(self, h: ServerHandle, call: Call, decision: Any, risk: Any) -> None:
+        if not _listened(self.bus):
+            return
         level = getattr(risk, "level", None)
         self.bus.publish(CallDecided(call_id=call.call_id, server=h.name, tool=call.tool, action=decision.action,
                                      code=decision.code, rule=decision.rule, message=decision.message,
@@ -741,6 +754,8 @@ class Gateway:
 
     def _completed(self, h: ServerHandle, call: Call, outcome: str, is_error: bool, t0: float,
                    result: dict[str, Any] | None, approver: str | None, error: str | None = None) -> None:
+        if not _listened(self.bus):
+            return  # no console, no audit, no subscriber: nothing to build or measure
         duration_ms = (time.perf_counter() - t0) * 1000.0
         size = 0
         if result is not None:
@@ -812,8 +827,14 @@ def _is_loopback(scope: Mapping[str, Any]) -> bool:
     client = scope.get("client")
     if not client:
         return False
+    return _loopback_host(client[0])
+
+
+@functools.lru_cache(maxsize=256)
+def _loopback_host(host: str) -> bool:
+    """Whether `host` (an address string from the ASGI scope) is loopback; cached, as it is asked per request."""
     try:
-        return ipaddress.ip_address(client[0]).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
