@@ -262,7 +262,8 @@ async def run_agent(
     - `pace_s`: seconds between steps (a burst goes ten times faster), so a
       person can follow; 0 for tests.
     - `on_step(step)`: called (or awaited, if it is a coroutine function)
-      after each step with a `Step`; an exception in it is not swallowed.
+      after each step with a `Step`; an exception in it ends the run and is
+      raised from `run_agent` as is.
     - `token`: sent as `Authorization: Bearer <token>` (a mcpguard grant).
     - `burst`: at most how many `set_registered_model_tag` calls the burst
       makes (more than the sample policy's cap of 20 a minute); it stops at
@@ -280,9 +281,12 @@ async def run_agent(
     async def emit(step: Step) -> None:
         stats.add(step)
         if on_step is not None:
-            out = on_step(step)
-            if inspect.isawaitable(out):
-                await out
+            try:
+                out = on_step(step)
+                if inspect.isawaitable(out):
+                    await out
+            except Exception as exc:  # the caller's bug: not a connection problem, let it out
+                raise _CallbackFailed() from exc
 
     headers = {"Authorization": f"Bearer {token}"} if token else None
     loop_no = 0
@@ -307,11 +311,30 @@ async def run_agent(
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a lost connection or a refused session: report, pause, retry
+            failed = _find(exc, _CallbackFailed)
+            if failed is not None:
+                raise failed.__cause__ from None
             if not in_loop:
                 loop_no += 1
             await emit(Step(loop_no, "connect", "initialize", {"url": url}, "connection_error", None, _describe(exc)))
             await asyncio.sleep(max(pace_s, 1.0))
     return stats
+
+
+class _CallbackFailed(Exception):
+    """`on_step` raised (the original is `__cause__`)."""
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`exc` or the first exception of type `kind` inside (nested) exception groups."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
 
 
 def _describe(exc: BaseException) -> str:

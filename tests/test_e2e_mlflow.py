@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -266,3 +267,44 @@ async def test_agent_reports_a_refused_connection_and_keeps_its_bound():
     assert [st.outcome for st in steps] == ["connection_error", "connection_error"]
     assert "Connect" in steps[0].text or "connect" in steps[0].text
     assert stats.loops == 0 and stats.steps == 2
+
+
+async def test_agent_goes_on_when_every_call_fails_and_raises_its_callbacks_error(tmp_path):
+    """Against an MCP server that has none of MLflow's tools (bench/echo_server.py on
+    Streamable HTTP), every call is an unknown tool: the agent reports each and finishes
+    its loop; an exception in `on_step` is the caller's and comes out of run_agent."""
+    import subprocess
+
+    import httpx
+
+    from mcpguard.stack import free_port
+
+    port = free_port()
+    echo = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "echo_server.py"), "--http", str(port)],
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        for _ in range(200):  # bounded: 20 s
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.HTTPError:
+                await asyncio.sleep(0.1)
+        steps = []
+        stats = await asyncio.wait_for(run_agent(url, loops=1, pace_s=0, burst=3, on_step=steps.append), 60)
+        assert stats.loops == 1
+        assert steps[0].tool == "tools/list" and steps[0].outcome == "ok" and steps[0].data == ["echo"]
+        assert {st.outcome for st in steps[1:]} == {"unknown_tool"}
+        assert [st.tool for st in steps if st.phase == "burst"] == ["set_registered_model_tag"] * 3
+
+        def broken(step):
+            raise KeyError("a bug in the caller")
+
+        with pytest.raises(KeyError, match="a bug in the caller"):
+            await asyncio.wait_for(run_agent(url, loops=1, pace_s=0, on_step=broken), 60)
+    finally:
+        echo.terminate()
+        echo.wait(10)
