@@ -155,3 +155,13 @@ async def test_pending_approvals_follow_a_policy_change(tmp_path, policy_path):
         res = await asyncio.wait_for(waiting, 10)
         assert not res.is_error, res
         assert gw.approvals.pending() == []
+
+
+async def test_a_new_max_shows_in_the_counter_view_at_once(tmp_path, policy_path):
+    cfg = make_config(tmp_path, [everything_server("ev", tmp_path, POLICY)])
+    async with running(cfg) as gw, client(gw.url("ev")) as s:
+        files = PolicyFiles(gw)
+        await _admitted(s, 2)
+        files.edit("ev", lambda t, f: set_max(t, f, counter="echo_rate", value=7))
+        (view,) = gw.servers["ev"].counters.snapshot(__import__("time").monotonic())
+        assert (view.count, view.max) == (2, 7)

@@ -284,6 +284,11 @@ class Gateway:
         if policy is not None:
             with contextlib.suppress(Exception):
                 h.counters.retain(policy.counter_names(), time.monotonic())
+                # gauges show the new max/window at once, before the next call
+                limits = list(policy.all_tools_limits)
+                for rule in policy.tools.values():
+                    limits += rule.limits
+                h.counters.update_limits(limits)
         self._follow_policy(h)
 
     def _follow_policy(self, h: ServerHandle) -> None:
