@@ -187,3 +187,29 @@ def test_env_home_follows_mcpguard_home(monkeypatch, tmp_path):
     assert stack.mlflow_env_dir() == tmp_path / "mlflow-mcp-0.4.1"
     with pytest.raises(stack.StackError, match="mcpguard.stack prepare"):
         stack.mlflow_server_config("http://127.0.0.1:1", policy=None, stderr_log=None)
+
+
+@pytest.mark.e2e
+def test_tracking_server_stops_when_its_starter_dies(mlflow_stack, tmp_path):
+    """A demo killed without cleanup (here: os._exit, no atexit) leaves no tracking server."""
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import os, sys; from mcpguard.stack import MlflowTrackingServer\n"
+        f"s = MlflowTrackingServer({str(tmp_path / 'data')!r}, env_dir={str(mlflow_stack.env_dir)!r}).start()\n"
+        "print(s.uri, s.pid, flush=True); os._exit(0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, check=True)
+    uri, pgid = out.stdout.split()
+    for _ in range(100):  # bounded: 20 s
+        try:
+            os.killpg(int(pgid), 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(int(pgid), 0)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{uri}/health")
