@@ -37,7 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+# httpx2: the HTTP client the mcp SDK itself uses; plain httpx imports rich
+# for its command line whenever rich is installed, and the core must not.
+import httpx2
 
 MLFLOW_MCP_VERSION = "0.4.1"
 """The `mlflow-mcp` release mcpguard is tested against (40 tools)."""
@@ -361,7 +363,7 @@ class MlflowTrackingServer:
         _LIVE.add(self)
         self.port = port
         deadline = started + self.startup_timeout_s
-        with httpx.Client(timeout=2.0) as client:
+        with httpx2.Client(timeout=2.0) as client:
             while True:
                 if self._proc.poll() is not None:
                     code = self._proc.returncode
@@ -373,7 +375,7 @@ class MlflowTrackingServer:
                 try:
                     if client.get(f"{self.uri}/health").status_code == 200:
                         break
-                except httpx.HTTPError:
+                except httpx2.HTTPError:
                     pass
                 if time.monotonic() > deadline:
                     self.stop()

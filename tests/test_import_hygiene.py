@@ -1,6 +1,6 @@
 """The core never imports textual or rich (design §2).
 
-Every core module (all of mcpguard but console, cli, commands) is imported in
+Every core module (all of mcpguard but console and cli) is imported in
 a fresh interpreter where `textual` and `rich` cannot be imported: each
 attempt is recorded with the file that made it, and fails. The core must
 import cleanly, no attempt may come from an mcpguard core file, and neither
@@ -24,7 +24,7 @@ import mcpguard
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = Path(mcpguard.__file__).resolve().parent
-FRONT_ENDS = ("mcpguard.console", "mcpguard.cli", "mcpguard.commands", "mcpguard.__main__")
+FRONT_ENDS = ("mcpguard.console", "mcpguard.cli", "mcpguard.__main__")
 
 PROBE = r'''
 import importlib, json, sys, traceback
@@ -73,7 +73,7 @@ def test_core_modules_are_found():
     names = core_modules()
     assert {"mcpguard.policy", "mcpguard.policy.evaluate", "mcpguard.policy.loader", "mcpguard.ratelimit",
             "mcpguard.risk", "mcpguard.events"} <= set(names)
-    assert not any(n.startswith(("mcpguard.console", "mcpguard.commands")) or n == "mcpguard.cli" for n in names)
+    assert not any(n.startswith(("mcpguard.console", "mcpguard.cli")) for n in names)
 
 
 def test_core_imports_neither_textual_nor_rich():
@@ -84,7 +84,25 @@ def test_core_imports_neither_textual_nor_rich():
 
 
 def test_the_probe_catches_a_front_end_importing_rich():
-    """The same probe fails for `mcpguard.commands.check`, which uses rich: the test above can fail."""
-    result = probe(["mcpguard.commands.check"])
-    assert "mcpguard.commands.check" in result["failed"]
+    """The same probe fails for `mcpguard.cli.check`, which uses rich: the test above can fail."""
+    result = probe(["mcpguard.cli.check"])
+    assert "mcpguard.cli.check" in result["failed"]
     assert [Path(f).name for _, f in ours(result["attempts"])] == ["check.py"]
+
+
+def test_walking_the_whole_package_loads_neither_when_only_the_core_is_imported():
+    """Import every core module the plain way (nothing blocked), walking the package
+    as tools do (`pkgutil.walk_packages` imports each package it enters, the
+    front ends' packages included): neither textual nor rich may be loaded."""
+    code = r'''
+import importlib, pkgutil, sys
+import mcpguard
+for m in pkgutil.walk_packages(mcpguard.__path__, "mcpguard."):
+    if m.name.startswith(("mcpguard.console.", "mcpguard.cli.")) or m.name == "mcpguard.__main__":
+        continue
+    importlib.import_module(m.name)
+print(sorted(n for n in sys.modules if n.split(".")[0] in ("textual", "rich")))
+'''
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

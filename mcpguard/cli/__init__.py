@@ -1,6 +1,6 @@
 """`mcpguard console | serve | demo | check | explain`.
 
-Each subcommand lives in `mcpguard.commands.<name>` with
+Each subcommand lives in `mcpguard.cli.<name>` with
 `add_arguments(parser)` and `run(args) -> int` (the exit code); it is
 imported only when used, so `mcpguard check` never loads Textual.
 With no subcommand, `mcpguard` opens the console when `mcpguard.toml` is in
@@ -29,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         try:
-            mod = importlib.import_module(f"mcpguard.commands.{name}")
+            mod = importlib.import_module(f"mcpguard.cli.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"mcpguard.commands.{name}":
+            if exc.name != f"mcpguard.cli.{name}":
                 raise
             continue
         mod.add_arguments(p)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        mod = importlib.import_module(f"mcpguard.commands.{args.command}")
+        mod = importlib.import_module(f"mcpguard.cli.{args.command}")
     except ModuleNotFoundError:
         print(f"mcpguard: '{args.command}' is not built yet", file=sys.stderr)
         return 2

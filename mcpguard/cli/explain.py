@@ -26,7 +26,7 @@ from mcpguard.durations import format_duration
 from mcpguard.policy import PolicyError, evaluate, load_policy
 from mcpguard.ratelimit import Counters
 from mcpguard.risk import classify
-from mcpguard.commands.check import ACTION_STYLE, RISK_STYLE, ToolsFileError, read_tools
+from mcpguard.cli.check import ACTION_STYLE, RISK_STYLE, ToolsFileError, read_tools
 
 OUTCOME_STYLE = {"pass": "green", "allow": "bold green", "deny": "bold red", "approval": "bold yellow", "warn": "yellow"}
 

@@ -137,11 +137,15 @@ def build_rows(policy: Policy, tools: list[dict[str, Any]] | None) -> tuple[list
 def render(policy: Policy, rows: list[Row], console: Console, title: str) -> None:
     """Print the table: riskiest and most restricted first, then by name."""
     table = Table(title=Text(title), title_justify="left", header_style="bold", expand=False)
-    table.add_column("tool", no_wrap=True)
-    table.add_column("action", no_wrap=True)
-    table.add_column("rules", no_wrap=True)
-    table.add_column("limits", overflow="fold")
-    table.add_column("risk", no_wrap=True)
+    # in a narrow terminal the tool name gives way first (rich never shrinks a
+    # no_wrap column on its own), then the risk wraps; the limits stay whole
+    limits_w = max((len(line) for r in rows for line in r.limits.splitlines()), default=6)
+    tool_w = max(16, console.width - 50 - min(limits_w, 24))
+    table.add_column("tool", no_wrap=True, overflow="ellipsis", max_width=tool_w)
+    table.add_column("action", no_wrap=True, min_width=8)
+    table.add_column("rules", no_wrap=True, min_width=9)
+    table.add_column("limits", no_wrap=True, overflow="ellipsis", max_width=24)
+    table.add_column("risk", min_width=8)
     order = {"hidden": 0, "deny": 1, "require_approval": 2, "allow": 3}
     levels = {"critical": 0, "high": 1, "medium": 2, "low": 3}
     for row in sorted(rows, key=lambda r: (order[r.action], levels.get(r.risk.level, 9), r.name)):
@@ -157,7 +161,8 @@ def render(policy: Policy, rows: list[Row], console: Console, title: str) -> Non
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Console(highlight=False)
+    # piped or in CI (no terminal), print the whole table rather than 80 columns of it
+    out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     err = Console(stderr=True, highlight=False)
     try:
         policy = load_policy(args.policy)
