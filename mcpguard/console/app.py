@@ -125,6 +125,8 @@ class ConsoleApp(App[int]):
         self.files: Any = None  # mcpguard.reload.PolicyFiles, once the gateway is up
         self._watch_stop: asyncio.Event | None = None
         self._edit_labels: dict[str, deque[str]] = defaultdict(deque)
+        self._bands: frozenset = frozenset()
+        self._figures: tuple = ()
 
     # -- life cycle -----------------------------------------------------------------
     async def on_mount(self) -> None:
@@ -240,11 +242,24 @@ class ConsoleApp(App[int]):
             self._sync_counter_limits({e.server for e in batch if type(e).__name__ == "PolicyReloaded"})
         if kinds & {"PolicyReloaded", "PolicyRejected", "UpstreamState", "ToolChanged"}:
             self.main.refresh_tree()
-        if kinds & {"CounterChanged", "PolicyReloaded"}:
+        # gauges and the status bar repaint on the 1 s tick; a batch redraws them at
+        # once only when what a person must see at once changed: a gauge appeared,
+        # went or changed color, or a denial / pending / policy figure moved
+        bands = self._gauge_bands()
+        if "PolicyReloaded" in kinds or bands != self._bands:
+            self._bands = bands
             self.main.refresh_gauges()
         if kinds & {"ApprovalRequested", "ApprovalResolved"} or pending_before != len(log.pending):
             self.refresh_pending()
-        self.main.refresh_status()
+        figures = (log.denied_total, len(log.pending), log.dropped_events, self._tree_sig)
+        if figures != self._figures or kinds & {"PolicyReloaded", "PolicyRejected", "UpstreamState"}:
+            self._figures = figures
+            self.main.refresh_status()
+
+    def _gauge_bands(self) -> frozenset:
+        """Each live counter with its color band (0 ok, 1 warning at 80%, 2 error at 100%)."""
+        return frozenset((k, 2 if v.ratio >= 1 else 1 if v.ratio >= 0.8 else 0)
+                         for k, v in self.model.counters.items())
 
     def refresh_pending(self) -> None:
         if self.main is not None:

@@ -133,6 +133,11 @@ class CallLog:
         self.denied_total = 0
         self.dropped_events = 0
         self.evicted: list[str] = []
+        # ids evicted lately: their late events (decided, completed) must not bring a
+        # row back, or the rows of newer calls go in their place (bounded, oldest out)
+        self._gone: dict[str, None] = {}
+        self._gone_max = max(10_000, 4 * self.max_rows)
+        self._late: list[str] = []
         self._recent: deque[float] = deque()
         self.policy_errors: dict[str, tuple[str, ...]] = {}
         self.upstream_state: dict[str, str] = {}
@@ -157,26 +162,39 @@ class CallLog:
             self._recent.popleft()
         return len(self._recent)
 
-    def _record(self, call_id: str, e: Any) -> CallRecord:
+    def _record(self, call_id: str, e: Any) -> CallRecord | None:
+        """The call's record; a call we saw no CallReceived for (its event was
+        dropped) gets one, shown as new; an evicted call gets None."""
         rec = self.calls.get(call_id)
-        if rec is None:  # a call we saw no CallReceived for (evicted, or joined late)
+        if rec is None:
+            if call_id in self._gone:
+                return None
             rec = CallRecord(call_id=call_id, ts=e.ts, server=e.server, tool=e.tool)
             self._add(rec)
+            self._late.append(call_id)
         return rec
 
     def _add(self, rec: CallRecord) -> None:
+        """Append `rec`; evict the oldest beyond `max_rows` (O(1) each)."""
         self.calls[rec.call_id] = rec
         while len(self.calls) > self.max_rows:
             old, _ = self.calls.popitem(last=False)
             self.evicted.append(old)
+            self._gone[old] = None
+            if len(self._gone) > self._gone_max:
+                del self._gone[next(iter(self._gone))]
 
     def apply(self, events: Iterable[ev.Event]) -> tuple[list[str], set[str]]:
         """Fold a batch of events in; returns (new call ids in order, changed call ids).
 
-        Ids evicted to keep `max_rows` are appended to `self.evicted`.
+        Ids evicted to keep `max_rows` are appended to `self.evicted`; late
+        events of an evicted call change nothing (a denial is still counted).
+        A call first seen by a later event (its `CallReceived` was dropped) is
+        new, after the batch's received calls.
         """
         new: list[str] = []
         changed: set[str] = set()
+        self._late.clear()
         for e in events:
             if isinstance(e, ev.CallReceived):
                 rec = CallRecord(call_id=e.call_id, ts=e.ts, server=e.server, tool=e.tool,
@@ -187,6 +205,8 @@ class CallLog:
                 new.append(e.call_id)
             elif isinstance(e, ev.CallDecided):
                 rec = self._record(e.call_id, e)
+                if rec is None:
+                    continue
                 rec.action, rec.code, rec.rule, rec.message = e.action, e.code, e.rule, e.message
                 rec.retry_after_s = e.retry_after_s
                 rec.risk = e.risk or rec.risk
@@ -194,6 +214,8 @@ class CallLog:
             elif isinstance(e, ev.ApprovalRequested):
                 self.pending[e.approval_id] = e
                 rec = self._record(e.call_id, e)
+                if rec is None:
+                    continue
                 rec.approval_id, rec.pending = e.approval_id, True
                 rec.risk = e.risk or rec.risk
                 if not rec.arguments:
@@ -212,6 +234,10 @@ class CallLog:
                     changed.add(e.call_id)
             elif isinstance(e, ev.CallCompleted):
                 rec = self._record(e.call_id, e)
+                if rec is None:  # evicted before it completed: counted, no row
+                    if e.outcome in DENIAL_CODES:
+                        self.denied_total += 1
+                    continue
                 rec.pending = False
                 rec.done, rec.outcome, rec.is_error = True, e.outcome, e.is_error
                 rec.duration_ms, rec.result, rec.error = e.duration_ms, e.result, e.error
@@ -236,6 +262,9 @@ class CallLog:
                 self.changed_tools.add((e.server, e.tool))
             elif isinstance(e, ev.EventsDropped):
                 self.dropped_events += e.count
+        if self._late:
+            new.extend(self._late)
+            self._late.clear()
         changed.difference_update(new)
         live = self.calls.keys()
         return [c for c in new if c in live], {c for c in changed if c in live}

@@ -15,14 +15,23 @@ from typing import Any
 
 from rich.console import Group
 from rich.json import JSON
+from rich.padding import Padding
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual import events
+from textual._two_way_dict import TwoWayDict
 from textual.binding import Binding
+from textual.cache import LRUCache
 from textual.geometry import Region
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
+from textual.renderables.styled import Styled
+from textual.strip import Strip
 from textual.widgets import DataTable, Static, Tree
+from textual.widgets._data_table import default_cell_formatter
+from textual.widgets.data_table import RowKey
 from textual.widgets.tree import TreeNode
 
 from mcpguard.console.keymap import bindings
@@ -195,6 +204,12 @@ class CallTable(DataTable):
         self.narrow = False
         self._filter = ""
         self._columns_spec = COLUMNS_WIDE
+        # Render cache per line that outlives DataTable's own caches (see _render_line):
+        # `_versions` counts each row's data changes; rows removed from the top move
+        # `_stripe_offset`, so a row keeps its stripe and its cached line.
+        self._versions: dict[str, int] = {}
+        self._lines: LRUCache[tuple, tuple[Strip, int]] = LRUCache(1024)
+        self._stripe_offset = 0
 
     def on_mount(self) -> None:
         self._add_columns()
@@ -298,6 +313,7 @@ class CallTable(DataTable):
         return not f or all(part in rec.search_text() for part in f.split())
 
     def _cells(self, rec: CallRecord) -> list[Any]:
+        """The row's cells as `Text` (never markup: a caller named `[b]x` shows as typed)."""
         risk_color = theme_color(self, f"risk-{rec.risk}") if rec.risk else ""
         label = rec.decision_label
         if rec.pending:
@@ -313,15 +329,21 @@ class CallTable(DataTable):
         res_style = {"ok": theme_color(self, "success"), "error": theme_color(self, "error"),
                      "denied": theme_color(self, "error")}.get(res, "")
         cells = {
-            "time": fmt_clock(rec.ts),
-            "server": rec.server,
+            "time": Text(fmt_clock(rec.ts)),
+            "server": Text(rec.server),
             "tool": Text(rec.tool, style=risk_color),
-            "caller": rec.caller,
+            "caller": Text(rec.caller),
             "decision": decision,
             "latency": Text(latency, justify="right"),
             "result": Text(res, style=res_style),
         }
         return [cells[key] for key, _, _ in self._columns_spec]
+
+    def clear(self, columns: bool = False) -> CallTable:
+        self._versions.clear()
+        self._lines.clear()
+        self._stripe_offset = 0
+        return super().clear(columns)
 
     def rebuild(self, log: CallLog) -> None:
         """Redraw every row from `log` (filter or layout changed)."""
@@ -329,19 +351,31 @@ class CallTable(DataTable):
         for rec in log.calls.values():
             if self.visible(rec):
                 self.add_row(*self._cells(rec), key=rec.call_id)
+        self._settle_dimensions()
         if self.following:
             self.follow()
 
     def apply(self, log: CallLog, new: list[str], changed: set[str], evicted: list[str]) -> None:
-        """Apply one batch: remove evicted rows, update changed ones, append new ones."""
-        for cid in evicted:
-            if cid in self.rows:
-                self.remove_row(cid)
-        for cid in changed:
-            if cid in self.rows:
-                rec = log.calls[cid]
-                for (key, _, _), value in zip(self._columns_spec, self._cells(rec), strict=True):
-                    self.update_cell(cid, key, value)
+        """Apply one batch: remove evicted rows, update changed ones, append new ones.
+
+        One pass per batch: evicted rows go together (one re-index, not one per
+        row), a changed row's cells are replaced at once, and only rows that
+        changed are rendered again.
+        """
+        if evicted:
+            self._remove_rows(evicted)
+        if changed:
+            rows, data, versions = self.rows, self._data, self._versions
+            keys = [c.key for c in self.ordered_columns]
+            updated = False
+            for cid in changed:
+                if cid in rows:
+                    data[RowKey(cid)] = dict(zip(keys, self._cells(log.calls[cid]), strict=True))
+                    versions[cid] = versions.get(cid, 0) + 1
+                    updated = True
+            if updated:
+                self._update_count += 1
+                self.refresh()
         added = 0
         for cid in new:
             rec = log.calls[cid]
@@ -350,10 +384,55 @@ class CallTable(DataTable):
                 added += 1
         if not added:
             return
+        self._settle_dimensions()
         if self.following:
             self.move_cursor(row=self.row_count - 1, animate=False)
         else:
             self.new_count += added
+
+    def _settle_dimensions(self) -> None:
+        """Size the table now, not on idle: the cursor then scrolls to a new row in
+        the same frame (DataTable would paint once, size on idle, paint again, scroll
+        after refresh and paint a third time)."""
+        if self._require_update_dimensions:
+            self._require_update_dimensions = False
+            self._new_rows.clear()
+            self._update_dimensions(())
+
+    def _remove_rows(self, call_ids: list[str]) -> None:
+        """Remove the rows of `call_ids` (the oldest calls, at the top) in O(rows) for the
+        whole batch; `DataTable.remove_row` re-indexes every row for each one. A paused
+        cursor stays on its call and the view on its rows."""
+        drop = [RowKey(cid) for cid in call_ids if cid in self.rows]
+        if not drop:
+            return
+        locations = self._row_locations
+        cursor = self.cursor_coordinate
+        gone = set(drop)
+        above = sum(1 for k in drop if locations.get(k) < cursor.row)
+        cursor_gone = locations.get_key(cursor.row) in gone if self.row_count else False
+        keep = [k for k in (locations.get_key(i) for i in range(self.row_count)) if k not in gone]
+        self._row_locations = TwoWayDict({k: i for i, k in enumerate(keep)})
+        for k in drop:
+            del self.rows[k]
+            del self._data[k]
+            self._new_rows.discard(k)
+            self._versions.pop(k.value, None)
+        if self._updated_cells:
+            self._updated_cells = {c for c in self._updated_cells if c.row_key not in gone}
+        self._stripe_offset += len(drop)
+        self._update_count += 1
+        self._require_update_dimensions = True
+        self._settle_dimensions()
+        moved = cursor._replace(row=max(0, cursor.row - above))
+        if cursor_gone or not self.row_count:
+            self.cursor_coordinate = moved  # a new call is under the cursor: say so
+        else:
+            self.set_reactive(DataTable.cursor_coordinate, moved)  # the same call, one index up
+        if not self.following and above:
+            self.scroll_y = max(0, self.scroll_y - above)
+        self.check_idle()
+        self.refresh(layout=True)
 
     def selected_call_id(self) -> str | None:
         if not self.row_count:
@@ -363,6 +442,77 @@ class CallTable(DataTable):
         except Exception:
             return None
         return key.value
+
+    # -- rendering (DataTable internals; textual 8) ----------------------------
+    def _update_dimensions(self, new_rows: Any) -> None:
+        # every column has a fixed width and every row one line: nothing to measure
+        super()._update_dimensions(())
+
+    def _get_row_style(self, row_index: int, base_style: Style) -> Style:
+        if row_index >= 0:
+            row_index += self._stripe_offset
+        return super()._get_row_style(row_index, base_style)
+
+    def _render_line(self, y: int, x1: int, x2: int, base_style: Style) -> Strip:
+        # DataTable caches lines by `_update_count`: one new row re-rendered every
+        # visible line. Here a line is rendered again only when its row's data, stripe,
+        # cursor or hover state, the crop or the style changed; a row that only moved
+        # (new rows below, old ones gone above) gets its mouse index re-stamped.
+        width = self.size.width
+        try:
+            row_key, line_no = self._get_offsets(y)
+        except LookupError:
+            return Strip.blank(width, base_style)
+        row_index = self._row_locations.get(row_key)
+        if row_index is None:  # the header
+            return super()._render_line(y, x1, x2, base_style)
+        cursor_row = self.cursor_coordinate.row
+        hover_row = self.hover_coordinate.row if self._show_hover_cursor else -2
+        key = (row_key, line_no, self._versions.get(row_key.value, 0), (row_index + self._stripe_offset) % 2,
+               cursor_row == row_index, hover_row == row_index, x1, x2, width, base_style, self.cursor_type,
+               self.show_cursor, self._pseudo_class_state)
+        hit = self._lines.get(key)
+        if hit is None:
+            strip = super()._render_line(y, x1, x2, base_style)
+        else:
+            strip, was = hit
+            if was == row_index:
+                return strip
+            strip = _restamp_row(strip, was, row_index)
+        self._lines[key] = (strip, row_index)
+        return strip
+
+    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
+                     cursor: bool = False, hover: bool = False) -> list[list[Segment]]:
+        if row_index < 0 or column_index < 0:  # header and labels: DataTable's own path
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        row_key = self._row_locations.get_key(row_index)
+        column_key = self._column_locations.get_key(column_index)
+        cell = self._data[row_key].get(column_key)
+        component_style, post_style = self._get_styles_to_render_cell(
+            False, False, False, hover, cursor, self.show_cursor, self._show_hover_cursor,
+            self.cursor_foreground_priority == "css", self.cursor_background_priority == "css")
+        renderable = Text("") if cell is None else (
+            cell if isinstance(cell, Text) else default_cell_formatter(cell, wrap=False, height=1))
+        options = self.app.console_options.update_dimensions(width, 1).update(no_wrap=True)
+        return self.app.console.render_lines(
+            Styled(Padding(renderable, (0, self.cell_padding)),
+                   pre_style=base_style + Style.from_meta({"row": row_index, "column": column_index})
+                   + component_style, post_style=post_style), options)
+
+
+def _restamp_row(strip: Strip, old: int, new: int) -> Strip:
+    """`strip` with the mouse metadata `row: old` changed to `row: new`."""
+    segments = []
+    for seg in strip:
+        style = seg.style
+        if style is not None and style._meta:
+            meta = style.meta
+            if meta.get("row") == old:
+                meta["row"] = new
+                seg = Segment(seg.text, style + Style.from_meta(meta), seg.control)
+        segments.append(seg)
+    return Strip(segments, strip.cell_length)
 
 
 # -- detail pane -------------------------------------------------------------
@@ -382,15 +532,24 @@ class DetailPane(VerticalScroll):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self._body = Static(id="detail-body")
+        self._showing: tuple | None = None
 
     def compose(self):  # type: ignore[override]
         yield self._body
 
     def show_text(self, text: Text | str) -> None:
+        self._showing = None
         self.border_title = "details"
         self._body.update(text)
 
     def show_call(self, rec: CallRecord) -> None:
+        """Show `rec`; nothing is redrawn when it is the call shown and unchanged."""
+        sig = (rec.call_id, rec.decision_label, rec.result_label, rec.code, rec.rule, rec.outcome,
+               rec.message, rec.approved_by, rec.duration_ms, rec.risk, id(rec.result), rec.error,
+               id(rec.arguments), self.app.theme)
+        if sig == self._showing:
+            return
+        self._showing = sig
         self.border_title = f"call {rec.call_id}"
         head = Text()
         head.append(f"{rec.server} / ", style="dim")
@@ -484,6 +643,8 @@ class GaugePanel(VerticalScroll):
         self._views: list[CounterView] = []
         self._selected: tuple[str, str, str] | None = None
         self._now = 0.0
+        self._shown: Text | None = None
+        self._shown_n = -1
 
     def compose(self):  # type: ignore[override]
         yield self._body
@@ -502,7 +663,7 @@ class GaugePanel(VerticalScroll):
 
     def _render_gauges(self) -> None:
         if not self._views:
-            self._body.update(Text("no live counters", style="dim"))
+            self._set_body(Text("no live counters", style="dim"), 0)
             return
         colors = {"ok": theme_color(self, "gauge-ok"), "warning": theme_color(self, "warning"),
                   "error": theme_color(self, "error")}
@@ -514,7 +675,14 @@ class GaugePanel(VerticalScroll):
             if sel is not None and c.key == sel.key:
                 g.stylize("reverse", 0, len(g.plain.split("\n", 1)[0]))
             parts.append(g)
-        self._body.update(Text("\n").join(parts))
+        self._set_body(Text("\n").join(parts), len(parts))
+
+    def _set_body(self, text: Text, n: int) -> None:
+        """Update the body only when its text changed; lay out only when its height did."""
+        if text == self._shown:
+            return
+        self._body.update(text, layout=n != self._shown_n)
+        self._shown, self._shown_n = text, n
 
     def _move(self, delta: int) -> None:
         if not self._views:
@@ -665,4 +833,7 @@ class StatusBar(Static):
             t.append("0 pending")
         if dropped:
             t.append(f" │ {dropped} events dropped", style=theme_color(self, "warning"))
-        self.update(t)
+        if t == getattr(self, "_shown", None):
+            return
+        self._shown = t
+        self.update(t, layout=False)  # one line, its height never changes
