@@ -307,3 +307,43 @@ async def test_editor_never_steals_keys_and_ctrl_t_opens_the_queue(tmp_path: Pat
             res = await asyncio.wait_for(call, 30)
             assert res.content[0].text == "typed"
             await until(pilot, lambda: isinstance(app.screen, EditorScreen), "queue closes when empty")
+
+
+async def test_the_table_keeps_the_newest_max_rows_even_when_evicted_calls_finish_late(tmp_path: Path) -> None:
+    """max_rows=3: five calls wait for approval, so the two oldest leave the table while
+    pending; approving all five (their completions arrive after eviction) must not bring
+    them back nor push the newer ones out; then four quick calls: the newest three, last."""
+    policy = ('version = "1"\ndefault = "allow"\n\n[tools.echo]\naction = "require_approval"\n'
+              'approval_timeout = "60s"\n')
+    cfg = make_config(tmp_path, [everything_server("ev", tmp_path, policy)], url_file=str(tmp_path / "url"))
+    app = ConsoleApp(Gateway(cfg), theme_name="dark", max_rows=3)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        table = app.main.query_one("#calls")
+
+        def shown() -> list[Any]:
+            return [app.model.calls[table.coordinate_to_cell_key((r, 0)).row_key.value].arguments
+                    for r in range(table.row_count)]
+
+        async with client(app.gateway.url("ev")) as s:
+            calls = []
+            for i in range(5):  # one at a time, so they arrive in order
+                calls.append(asyncio.create_task(s.call_tool("echo", {"text": f"t{i}"})))
+                await until(pilot, lambda n=i + 1: len(app.model.pending) == n, f"{i + 1} pending")
+            await until(pilot, lambda: table.row_count == 3, "3 rows")
+            assert shown() == [{"text": "t2"}, {"text": "t3"}, {"text": "t4"}]
+            for _ in range(5):
+                await pilot.press("a")
+            results = await asyncio.wait_for(asyncio.gather(*calls), 30)
+            assert [r.is_error for r in results] == [False] * 5
+            await until(pilot, lambda: all(app.model.calls[c].done for c in app.model.calls)
+                        and "waiting" not in {str(table.get_cell(c, "result")) for c in app.model.calls},
+                        "the three rows completed")
+            assert table.row_count == 3 and len(app.model.calls) == 3
+            assert shown() == [{"text": "t2"}, {"text": "t3"}, {"text": "t4"}]
+            assert [str(table.get_cell(c, "decision")) for c in app.model.calls] == ["approved"] * 3
+            for i in range(4):
+                await s.call_tool("count_items", {"items": [{"name": f"n{i}"}]})
+        newest = [{"items": [{"name": f"n{i}"}]} for i in (1, 2, 3)]
+        await until(pilot, lambda: shown() == newest, "the newest 3")
+        assert table.row_count == 3 and table.following and table.cursor_row == 2
