@@ -221,9 +221,12 @@ async def bench_app(args: argparse.Namespace, work: Path) -> dict:
             line = b""
             reader = asyncio.ensure_future(proc.stdout.readline())
             limit = time.monotonic() + args.seconds + 120
+            samples: list[tuple[int, float]] = []  # (audit records, RSS MiB) every 0.5 s
             while not reader.done() and time.monotonic() < limit:
                 await asyncio.wait({reader}, timeout=0.5)
-                peak = max(peak, rss_mb())
+                now_rss = rss_mb()
+                peak = max(peak, now_rss)
+                samples.append(((gw.audit.records if gw.audit is not None else 0) - records0, now_rss))
             if not reader.done():
                 reader.cancel()
                 raise RuntimeError("the load process did not finish in time")
@@ -234,6 +237,7 @@ async def bench_app(args: argparse.Namespace, work: Path) -> dict:
             res["load"] = json.loads(line)
             res["lags_ms"] = [x * 1000 for x in lags]
             res["rss_peak_mb"] = peak
+            res["rss_samples"] = samples
             await pilot.pause(0.3)  # the last flush (every 0.1 s) reaches the table
             res["rss_after_mb"] = rss_mb()
             res["audit_records"] = (gw.audit.records if gw.audit is not None else 0) - records0
@@ -272,6 +276,13 @@ def report(args: argparse.Namespace, r: dict) -> None:
     print(f"  RSS                   boot {r['rss_boot_mb']:.1f} MiB, gateway up {r['rss_up_mb']:.1f} MiB, "
           f"start {r['rss_start_mb']:.1f} MiB, peak {r['rss_peak_mb']:.1f} MiB, after {r['rss_after_mb']:.1f} MiB")
     print(f"  RSS growth            {growth:8.3f} MiB per 1,000 calls")
+    half = r.get("rss_samples", [])[len(r.get("rss_samples", [])) // 2:]
+    if len(half) >= 2 and half[-1][0] > half[0][0]:
+        # audit records are 2 per call: growth over the run's second half tells a
+        # leak (keeps growing) from a high-water mark (flat once the table is full)
+        late = (half[-1][1] - half[0][1]) / ((half[-1][0] - half[0][0]) / 2) * 1000
+        print(f"  RSS growth, 2nd half  {late:8.3f} MiB per 1,000 calls "
+              f"({half[0][1]:.1f} -> {half[-1][1]:.1f} MiB)")
     print(f"  call table            {r['rows']} rows, model {r['model_rows']} (max_rows {args.max_rows}); audit {r['audit_records']} records; "
           f"events dropped by the console's subscription: {r['dropped']}")
     if rate < 0.9 * args.rate:

@@ -210,6 +210,13 @@ class CallTable(DataTable):
         self._versions: dict[str, int] = {}
         self._lines: LRUCache[tuple, tuple[Strip, int]] = LRUCache(1024)
         self._stripe_offset = 0
+        # DataTable's own caches are keyed by `_update_count`: with the line cache above
+        # their old entries are never read again, so keep them small (they held up to
+        # 1,000 rendered rows and 10,000 cells, a high-water mark in RSS)
+        self._row_render_cache = LRUCache(64)
+        self._cell_render_cache = LRUCache(64)
+        self._row_renderable_cache = LRUCache(64)
+        self._line_cache = LRUCache(64)
 
     def on_mount(self) -> None:
         self._add_columns()
