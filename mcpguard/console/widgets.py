@@ -389,9 +389,11 @@ class CallTable(DataTable):
             if self.visible(rec) and cid not in self.rows:
                 self.add_row(*self._cells(rec), key=cid)
                 added += 1
+        # one size per batch: at the cap as many rows leave as come, the size stays
+        # and no layout of the screen follows
+        self._settle_dimensions()
         if not added:
             return
-        self._settle_dimensions()
         if self.following:
             self.move_cursor(row=self.row_count - 1, animate=False)
         else:
@@ -429,8 +431,7 @@ class CallTable(DataTable):
             self._updated_cells = {c for c in self._updated_cells if c.row_key not in gone}
         self._stripe_offset += len(drop)
         self._update_count += 1
-        self._require_update_dimensions = True
-        self._settle_dimensions()
+        self._require_update_dimensions = True  # settled by `apply` once per batch
         moved = cursor._replace(row=max(0, cursor.row - above))
         if cursor_gone or not self.row_count:
             self.cursor_coordinate = moved  # a new call is under the cursor: say so
@@ -438,8 +439,7 @@ class CallTable(DataTable):
             self.set_reactive(DataTable.cursor_coordinate, moved)  # the same call, one index up
         if not self.following and above:
             self.scroll_y = max(0, self.scroll_y - above)
-        self.check_idle()
-        self.refresh(layout=True)
+        self.refresh()
 
     def selected_call_id(self) -> str | None:
         if not self.row_count:
@@ -501,11 +501,41 @@ class CallTable(DataTable):
             self.cursor_foreground_priority == "css", self.cursor_background_priority == "css")
         renderable = Text("") if cell is None else (
             cell if isinstance(cell, Text) else default_cell_formatter(cell, wrap=False, height=1))
+        pre_style = base_style + Style.from_meta({"row": row_index, "column": column_index}) + component_style
+        if type(renderable) is Text and not renderable.overflow and not renderable.no_wrap \
+                and "\n" not in renderable.plain and "\t" not in renderable.plain:
+            return [_text_cell(self.app.console, renderable, width, self.cell_padding, pre_style, post_style)]
         options = self.app.console_options.update_dimensions(width, 1).update(no_wrap=True)
         return self.app.console.render_lines(
-            Styled(Padding(renderable, (0, self.cell_padding)),
-                   pre_style=base_style + Style.from_meta({"row": row_index, "column": column_index})
-                   + component_style, post_style=post_style), options)
+            Styled(Padding(renderable, (0, self.cell_padding)), pre_style=pre_style, post_style=post_style),
+            options)
+
+
+def _text_cell(console: Any, text: Text, width: int, padding: int, pre: Style, post: Style | None) -> list[Segment]:
+    """One line of a one-line `Text` cell, as DataTable renders it (Styled(Padding(text)),
+    no wrap, crop) without Rich's generic render pipeline: about 4x cheaper."""
+    inner = max(0, width - 2 * padding)
+    line = text.copy()
+    line.end = ""
+    if text.justify == "right":
+        line.rstrip()
+        line.truncate(inner, overflow="fold")
+        line.pad_left(inner - line.cell_len)
+    elif text.justify in ("left", "center", "full"):
+        return console.render_lines(Styled(Padding(text, (0, padding)), pre_style=pre, post_style=post),
+                                    console.options.update_dimensions(width, 1).update(no_wrap=True))[0]
+    line.truncate(inner, overflow="fold")
+    null = Style.null()
+    segments = []
+    if padding:
+        segments.append(Segment(" " * padding, null))
+    segments.extend(Text("\n").join([line]).render(console, end=""))
+    fill = inner - line.cell_len
+    if fill > 0:
+        segments.append(Segment(" " * fill, null))
+    if padding:
+        segments.append(Segment(" " * padding, null))
+    return list(Segment.apply_style(segments, style=pre, post_style=post))
 
 
 def _restamp_row(strip: Strip, old: int, new: int) -> Strip:
