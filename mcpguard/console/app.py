@@ -18,6 +18,7 @@ as a notification, in the status bar and the tree.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -40,6 +41,7 @@ from mcpguard.console.widgets import ServerView, ToolView
 FLUSH_INTERVAL_S = 0.1
 TICK_INTERVAL_S = 1.0
 MAX_EVENTS_PER_FLUSH = 20_000
+_GC_FROZEN = False
 
 _STATE = {"allow": "allowed", "deny": "denied", "require_approval": "approval", "hidden": "hidden"}
 
@@ -165,6 +167,15 @@ class ConsoleApp(App[int]):
         from mcpguard.reload import PolicyFiles
 
         self.started = True
+        # Everything loaded so far (Textual, the SDK, the gateway, the screen) lives as
+        # long as the app: take it out of the cyclic GC's full passes, which otherwise
+        # walk it all every few seconds under load (a 100-160 ms stall of the one loop
+        # the gateway and the screen share; bench/bench_console.py)
+        global _GC_FROZEN
+        if not _GC_FROZEN:  # once per process (tests start many apps in one)
+            _GC_FROZEN = True
+            gc.collect()
+            gc.freeze()
         self.files = PolicyFiles(self.gateway)
         self.watch_policies()
         self.refresh_views()
