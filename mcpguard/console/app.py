@@ -28,6 +28,7 @@ from typing import Any
 from rich.text import Text
 from textual import work
 from textual.app import App, SystemCommand
+from textual.css.query import NoMatches
 from textual.screen import Screen
 
 from mcpguard.console.keymap import bindings, keys_for
@@ -123,6 +124,7 @@ class ConsoleApp(App[int]):
         self._stopping = False
         self.theme_errors: list[str] = []
         self.started = False
+        self.view_errors = 0  # refreshes skipped because widgets were mounting or torn down
         self._tree_sig: tuple = ()
         self.files: Any = None  # mcpguard.reload.PolicyFiles, once the gateway is up
         self._watch_stop: asyncio.Event | None = None
@@ -232,6 +234,13 @@ class ConsoleApp(App[int]):
     # -- events ---------------------------------------------------------------------
     def flush_events(self) -> None:
         """Drain the subscription and redraw what changed (runs every FLUSH_INTERVAL_S)."""
+        try:
+            self._flush_events()
+        except NoMatches as exc:  # widgets mounting or torn down (quit): a view never breaks the console
+            self.view_errors += 1
+            self.log.warning(f"flush skipped: {exc}")
+
+    def _flush_events(self) -> None:
         batch = []
         while len(batch) < MAX_EVENTS_PER_FLUSH:
             e = self._sub.get_nowait()
@@ -281,6 +290,13 @@ class ConsoleApp(App[int]):
 
     def tick(self) -> None:
         """Once a second: countdowns, gauges, calls per minute."""
+        try:
+            self._tick()
+        except NoMatches as exc:  # widgets mounting or torn down (quit)
+            self.view_errors += 1
+            self.log.warning(f"tick skipped: {exc}")
+
+    def _tick(self) -> None:
         if self.main is None or not self.main.is_mounted:
             return
         self.main.refresh_gauges()
