@@ -151,8 +151,10 @@ class Approvals:
         pa = self._pending.pop(approval_id, None)
         if pa is None or pa.future.done():
             return False
+        grant = None
         if resolution.for_session and resolution.approved and pa.call.session_id:
-            self._session_grants.add((pa.call.session_id, pa.call.server, pa.call.tool))
+            grant = (pa.call.session_id, pa.call.server, pa.call.tool)
+            self._session_grants.add(grant)
         pa.future.set_result(resolution)
         self._bus.publish(
             ApprovalResolved(
@@ -167,10 +169,18 @@ class Approvals:
                 for_session=resolution.for_session,
             )
         )
+        if grant is not None:
+            # the same tool's other calls already waiting in that session go through too:
+            # "approve for this session" covers them as it covers the next ones
+            for other in [p for p in self._pending.values()
+                          if (p.call.session_id, p.call.server, p.call.tool) == grant]:
+                self.resolve(other.id, Resolution("approved", True, by=resolution.by,
+                                                  reason="approved for this session"))
         return True
 
     def approve(self, approval_id: str, by: str = "console", *, for_session: bool = False) -> bool:
-        """Let the call through; with `for_session`, also later calls of that tool in that session."""
+        """Let the call through; with `for_session`, also the calls of that tool in that
+        session that are waiting now and those that come later."""
         return self.resolve(approval_id, Resolution("approved", True, by=by, for_session=for_session))
 
     def deny(self, approval_id: str, by: str = "console", reason: str | None = None) -> bool:

@@ -94,3 +94,18 @@ async def test_deny_all_denies_every_pending_call_in_order():
     assert approvals.deny_all() == 3
     results = await asyncio.gather(*tasks)
     assert all(r.outcome == "denied" and r.by == "shutdown" for r in results)
+
+
+async def test_approve_for_session_lets_the_same_tools_waiting_calls_through_too():
+    approvals = Approvals()
+    other_session = Call("mlflow", CALL.tool, {}, session_id="s2", call_id="c9")
+    other_tool = Call("mlflow", "delete_run", {}, session_id="s1", call_id="c8")
+    tasks = [asyncio.create_task(approvals.request(c, timeout_s=30))
+             for c in (CALL, CALL, other_session, other_tool)]
+    await _pending(approvals, 4)
+    approvals.approve(approvals.pending()[0].id, for_session=True)
+    first, second = await asyncio.gather(tasks[0], tasks[1])
+    assert first.approved and second.approved and second.reason == "approved for this session"
+    assert [p.call.call_id for p in approvals.pending()] == ["c9", "c8"]  # other session, other tool
+    approvals.deny_all()
+    await asyncio.gather(*tasks[2:])
