@@ -223,7 +223,13 @@ class CallTable(DataTable):
         self._update_subtitle()
 
     def _flex_widths(self) -> dict[str, int]:
-        """Widths of the flexible columns (width 0): tool takes 2/3 of what is left, caller 1/3."""
+        """Widths of the flexible columns (width 0).
+
+        The tool's name matters most: it gets room for the longest MCP tool
+        names we know (`transition_model_version_stage`, 30) before the caller
+        column grows past 6; the caller (also in the detail pane) takes what is
+        left up to 14, and the tool any remainder.
+        """
         avail = self.size.width - 1  # room for the vertical scrollbar
         spec = self._columns_spec
         fixed = sum(w for _, _, w in spec) + 2 * self.cell_padding * len(spec)
@@ -231,8 +237,9 @@ class CallTable(DataTable):
         flex = [k for k, _, w in spec if not w]
         if flex == ["tool"]:
             return {"tool": max(12, rest)}
-        caller = max(6, min(14, rest // 3))
-        return {"tool": max(12, rest - caller), "caller": caller}
+        tool = max(12, min(30, rest - 6))
+        caller = max(6, min(14, rest - tool))
+        return {"tool": max(tool, rest - caller), "caller": caller}
 
     def _add_columns(self) -> None:
         self._fitted_width = self.size.width
