@@ -43,34 +43,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import POLICY, log  # bench/common.py (scripts run from bench/)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 ECHO = Path(__file__).resolve().with_name("echo_server.py")
 TICK_S = 0.010
 SIZE = (120, 36)
-
-POLICY = """\
-version = "1"
-default = "deny"
-
-[[all_tools.limits]]
-counter = "all_calls"
-window = "minute"
-max = 10000000
-scope = "global"
-
-[tools.echo]
-[[tools.echo.limits]]
-counter = "echo_rate"
-window = "second"
-max = 1000000
-scope = "grant"
-"""
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 def rss_mb() -> float:

@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import POLICY, log  # bench/common.py (scripts run from bench/)
+
 import httpx
 import mcp_types as types
 from mcp import ClientSession, StdioServerParameters, stdio_client
@@ -55,28 +57,6 @@ from mcpguard.stack import free_port, mcpguard_home  # noqa: E402
 ECHO = Path(__file__).resolve().with_name("echo_server.py")
 MCP_PROXY_VERSION = "0.13.0"
 MAX_CALLS_PER_CELL = 200_000
-
-POLICY = """\
-version = "1"
-default = "deny"
-
-[[all_tools.limits]]
-counter = "all_calls"
-window = "minute"
-max = 10000000
-scope = "global"
-
-[tools.echo]
-[[tools.echo.limits]]
-counter = "echo_rate"
-window = "second"
-max = 1000000
-scope = "grant"
-"""
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------- set-up
