@@ -191,28 +191,14 @@ def _decide(
                 conds = " and ".join(c.describe() for c in entry.conditions)
                 trace.append(TraceStep(entry.path, "deny", f"{conds}: holds"))
                 text = entry.on_deny or f"a deny_if rule matched ({conds})"
-                return Decision(
-                    "deny",
-                    "policy_denied",
-                    f"{tool} is denied by policy: {text}",
-                    entry.path,
-                    risk=risk,
-                    trace=tuple(trace),
-                )
+                return _condition_denial(tool, text, entry.path, risk, trace)
             trace.append(TraceStep(entry.path, "pass", "does not hold: " + " and ".join(c.describe() for c in entry.conditions)))
         for entry in rule.require:
             if not entry.matches(args):
                 failed = [c.describe() for c in entry.conditions if not c.test(args)]
                 trace.append(TraceStep(entry.path, "deny", "not met: " + " and ".join(failed)))
                 text = entry.on_deny or "it requires " + " and ".join(c.describe() for c in entry.conditions)
-                return Decision(
-                    "deny",
-                    "policy_denied",
-                    f"{tool} is denied by policy: {text}",
-                    entry.path,
-                    risk=risk,
-                    trace=tuple(trace),
-                )
+                return _condition_denial(tool, text, entry.path, risk, trace)
             trace.append(TraceStep(entry.path, "pass", "met: " + " and ".join(c.describe() for c in entry.conditions)))
 
     limits = policy.limits_for(tool)
@@ -257,3 +243,9 @@ def _decide(
         )
     trace.append(TraceStep(deciding, "allow", f"{tool} is allowed"))
     return Decision("allow", "allowed", f"{tool} is allowed", deciding, limits=limits, risk=risk, trace=tuple(trace))
+
+
+def _condition_denial(tool: str, text: str, path: str, risk: Any, trace: list[TraceStep]) -> Decision:
+    """A `deny_if` that holds or a `require` that does not: `policy_denied` naming the entry."""
+    return Decision("deny", "policy_denied", f"{tool} is denied by policy: {text}", path,
+                    risk=risk, trace=tuple(trace))
