@@ -344,3 +344,21 @@ async def test_the_table_keeps_the_newest_max_rows_even_when_evicted_calls_finis
         newest = [{"items": [{"name": f"n{i}"}]} for i in (1, 2, 3)]
         await until(pilot, lambda: shown() == newest, "the newest 3")
         assert table.row_count == 3 and table.following and table.cursor_row == 2
+
+
+async def test_a_prompt_opening_under_a_full_table_keeps_the_newest_call_in_view(tmp_path: Path) -> None:
+    """At 80x24 the prompt takes the table's room: the waiting call's row must still show."""
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await started(pilot, app)
+        async with client(app.gateway.url("ev")) as s:
+            for i in range(12):
+                await s.call_tool("status", {})
+            call = asyncio.create_task(s.call_tool("echo", {"text": "wait"}))
+            await until(pilot, lambda: len(app.model.pending) == 1, "approval prompt")
+            table = app.main.query_one("#calls")
+            newest = table.row_count - 1
+            await until(pilot, lambda: table.scroll_y >= table.max_scroll_y and table.max_scroll_y > 0
+                        and table.cursor_row == newest, "newest row in view")
+            await pilot.press("a")
+            assert not (await asyncio.wait_for(call, 30)).is_error

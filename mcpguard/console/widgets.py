@@ -317,6 +317,12 @@ class CallTable(DataTable):
     def on_click(self, event: events.Click) -> None:
         self.stop_following()
 
+    def on_resize(self, event: events.Resize) -> None:
+        """Keep the newest call in view when the table shrinks (an approval prompt
+        opens below it) while following; the cursor alone does not scroll on resize."""
+        if self.following and self.row_count:
+            self.call_after_refresh(self.scroll_end, animate=False)
+
     # -- rows -----------------------------------------------------------------
     def set_filter(self, text: str, log: CallLog) -> None:
         self._filter = text.strip().lower()
