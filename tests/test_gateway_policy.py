@@ -187,6 +187,7 @@ async def test_stop_denies_pending_approvals(tmp_path: Path) -> None:
 async def test_changed_tool_is_denied_when_on_tool_change_is_deny(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, [everything_server("ev", tmp_path, POLICY)])
     async with running(cfg) as gw, client(gw.url("ev")) as s:
+        original_echo = next(dict(t) for t in gw.servers["ev"].tools if t["name"] == "echo")
         assert not (await s.call_tool("echo", {"text": "before"})).is_error
         await s.call_tool("mutate", {})
         await s.list_tools()  # the agent sees the new definition
@@ -194,6 +195,12 @@ async def test_changed_tool_is_denied_when_on_tool_change_is_deny(tmp_path: Path
             if "echo" in gw.servers["ev"].changed_tools:
                 break
             await asyncio.sleep(0.02)
+        assert "echo" in gw.servers["ev"].changed_tools
+        # another session (the control session) still lists the first definition:
+        # that must not clear the mark, only a person's review does
+        h = gw.servers["ev"]
+        gw._see_tools(h, [original_echo], complete=False)
+        assert "echo" in h.changed_tools
         res = await s.call_tool("echo", {"text": "after"})
         assert res.is_error and _meta(res)["code"] == "tool_changed"
         gw.accept_tool_change("ev", "echo")

@@ -169,6 +169,7 @@ class ServerHandle:
         self.changed_tools: set[str] = set()
         self.fingerprints: dict[str, str] = {}
         self._last_fp: dict[str, str] = {}
+        self._announced_fps: dict[str, set[str]] = {}  # changed definitions already published
         self._risk_cache: dict[str, Any] = {}
         self.sessions: dict[str, DownstreamSession] = {}
         self.control: UpstreamConnection | None = None
@@ -320,6 +321,7 @@ class Gateway:
         h = self.servers[server]
         if tool in h._last_fp:
             h.fingerprints[tool] = h._last_fp[tool]
+        h._announced_fps.pop(tool, None)
         h.changed_tools.discard(tool)
 
     async def start(self) -> None:
@@ -482,12 +484,15 @@ class Gateway:
             if first is None:
                 h.fingerprints[name] = fp
             elif fp != first:
-                if h._last_fp.get(name) != fp:
+                # each upstream session lists its own tools, so sessions may see different
+                # definitions: a changed tool stays changed until a person accepts it
+                # (accept_tool_change), whatever another session lists later
+                announced = h._announced_fps.setdefault(name, set())
+                if fp not in announced:
+                    announced.add(fp)
                     self.bus.publish(ToolChanged(server=h.name, tool=name, old_fingerprint=first, new_fingerprint=fp))
                 h.changed_tools.add(name)
-            else:
-                h.changed_tools.discard(name)
-            h._last_fp[name] = fp
+                h._last_fp[name] = fp
         if complete:
             h.tools = list(tools)
         else:
