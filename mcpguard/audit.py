@@ -9,7 +9,9 @@ returns, so it is on its way to disk before the agent gets its answer; with
 Record fields (absent ones are omitted):
 
 - `kind`: `decision`, `completion`, `policy_reloaded`, `policy_rejected`,
-  `tool_changed` (others are written as given).
+  `tool_changed`, `malformed` (a request refused unread, e.g. a `tools/call`
+  sent as a notification: `method`, `tool`, `arguments`, `grant`,
+  `session`, `message`), others as given.
 - `time` (ISO-8601 UTC, milliseconds, `Z`) and `ts` (epoch seconds).
 - calls: `call_id`, `server`, `tool`, `grant`, `session`, `client`,
   `arguments` (secrets redacted), `decision` (the decision or outcome code:
@@ -54,6 +56,7 @@ from mcpguard.events import (
     CallReceived,
     Event,
     EventBus,
+    MalformedRequest,
     PolicyRejected,
     PolicyReloaded,
     ToolChanged,
@@ -64,7 +67,7 @@ log = logging.getLogger("mcpguard.audit")
 REDACTED = "[redacted]"
 SECRET_KEYS = ("token", "secret", "password", "passwd", "api_key", "apikey", "authorization",
                "credential", "private_key")
-KINDS = ("decision", "completion", "policy_reloaded", "policy_rejected", "tool_changed")
+KINDS = ("decision", "completion", "policy_reloaded", "policy_rejected", "tool_changed", "malformed")
 
 _MAX_PENDING_CALLS = 10_000
 
@@ -258,7 +261,8 @@ class AuditLog:
             self.record({
                 "kind": "completion", "ts": ts, "call_id": event.call_id, "server": event.server,
                 "tool": event.tool, "grant": who.get("grant"), "session": who.get("session"),
-                "client": who.get("client"), "decision": event.outcome, "approver": who.get("approver"),
+                "client": who.get("client"), "decision": event.outcome,
+                "approver": event.approver or who.get("approver"),
                 "duration_ms": round(event.duration_ms, 3), "is_error": event.is_error,
                 "result_size": event.result_size, "error": event.error,
             })
@@ -268,6 +272,10 @@ class AuditLog:
         elif isinstance(event, PolicyRejected):
             self.record({"kind": "policy_rejected", "ts": ts, "server": event.server, "path": event.path,
                          "errors": list(event.errors)})
+        elif isinstance(event, MalformedRequest):
+            self.record({"kind": "malformed", "ts": ts, "server": event.server, "method": event.method,
+                         "tool": event.tool, "arguments": event.arguments, "grant": event.grant,
+                         "session": event.session_id, "decision": event.code, "message": event.reason})
         elif isinstance(event, ToolChanged):
             self.record({"kind": "tool_changed", "ts": ts, "server": event.server, "tool": event.tool,
                          "old_fingerprint": event.old_fingerprint, "new_fingerprint": event.new_fingerprint})

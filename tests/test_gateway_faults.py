@@ -108,7 +108,7 @@ async def test_streamable_http_upstream(tmp_path: Path) -> None:
                     await asyncio.sleep(0.05)
         policy = tmp_path / "h.toml"
         policy.write_text(SLOW + 'hide = ["secret_tool"]\n', encoding="utf-8")
-        up = ServerCfg(name="h", transport="http", url=f"http://127.0.0.1:{port}/mcp", policy=str(policy))
+        up = ServerCfg(name="h", url=f"http://127.0.0.1:{port}/mcp", policy=str(policy))
         cfg = make_config(tmp_path, [up])
         async with running(cfg) as gw, client(gw.url("h")) as s:
             assert gw.servers["h"].state == "up"
