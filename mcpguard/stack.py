@@ -542,7 +542,9 @@ def mlflow_server_config(
     written into a TOML file or handed to the config module's loader. `env`
     holds `MLFLOW_TRACKING_URI` and `MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`,
     `MLFLOW_HTTP_REQUEST_TIMEOUT=10` (else MLflow's retries hold a failing
-    call for minutes). Does not check that `uri` answers.
+    call for minutes). `upstream_sessions` is `shared`: `mlflow-mcp` keeps
+    no state per session, so every agent can use one process. Does not
+    check that `uri` answers.
 
     Raises `StackError` when the MLflow environment is not installed.
     """
@@ -555,6 +557,7 @@ def mlflow_server_config(
         "cwd": None,
         "stderr_log": str(stderr_log) if stderr_log else None,
         "policy": str(policy) if policy else None,
+        "upstream_sessions": "shared",
     }
     return entry
 

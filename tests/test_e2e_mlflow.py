@@ -192,7 +192,9 @@ async def test_stage_transition_waits_for_approval(mlflow_stack, tmp_path):
     model = mlflow_stack.seeded["model_name"]
     assert stage_of(mlflow_stack, "3") == "None"
     args = {"name": model, "version": "3", "stage": "Staging", "archive_existing": False}
-    async with gateway(mlflow_stack, tmp_path) as gw, client(gw.url("mlflow")) as s:
+    # per_session: this agent gets an mlflow-mcp of its own
+    async with gateway(mlflow_stack, tmp_path, upstream_sessions="per_session") as gw, client(gw.url("mlflow")) as s:
+        assert gw.pools["mlflow"].processes() == 2
         # denied by a person: MLflow unchanged
         call = asyncio.create_task(s.call_tool("transition_model_version_stage", {**args, "stage": "Production"}))
         pending = await wait_for_pending(gw, "transition_model_version_stage")
