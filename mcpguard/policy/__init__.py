@@ -8,7 +8,15 @@ This package never imports textual or rich.
 """
 
 from mcpguard.policy.evaluate import evaluate
-from mcpguard.policy.loader import dotted, load_policy, parse_policy, policy_format_of
+from mcpguard.policy.loader import (
+    decode_policy_text,
+    dotted,
+    load_policy,
+    parse_policy,
+    policy_format_of,
+    read_policy_bytes,
+    read_policy_text,
+)
 from mcpguard.policy.model import (
     ACTIONS,
     OPS,
@@ -43,9 +51,12 @@ __all__ = [
     "PolicySource",
     "ToolRule",
     "TraceStep",
+    "decode_policy_text",
     "dotted",
     "evaluate",
     "load_policy",
     "parse_policy",
     "policy_format_of",
+    "read_policy_bytes",
+    "read_policy_text",
 ]
