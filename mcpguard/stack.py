@@ -70,7 +70,7 @@ DEMO_EXPERIMENT = "mcpguard-demo"
 DEMO_MODEL = "mcpguard-demo-model"
 
 # What mlflow-mcp needs so a failing call fails in seconds, not after
-# minutes of MLflow's own retries (issue 3, "The real stack").
+# minutes of MLflow's own retries.
 MLFLOW_MCP_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",

@@ -171,7 +171,7 @@ def test_read_audit_skips_a_torn_last_line_and_names_a_bad_one(tmp_path):
 
 
 async def test_attached_to_the_bus_it_records_decisions_and_completions(tmp_path):
-    """The core's own events and approvals, through a real bus, make the records of issue 3 item 9."""
+    """The core's own events and approvals, through a real bus, make one record per decision and completion."""
     path = tmp_path / "audit.jsonl"
     bus = EventBus()
     audit = AuditLog(path)

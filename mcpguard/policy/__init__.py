@@ -1,6 +1,6 @@
 """The policy engine: model, loading (TOML via tomlkit, PolicyLayer JSON v1), validation, evaluation.
 
-A policy is one document per upstream server (design §3). Load it with
+A policy is one document per upstream server. Load it with
 `load_policy(path)` or `parse_policy(text, fmt, path)` (both raise
 `PolicyError` listing every issue as `file:line:col: message (hint)`), then
 decide each `tools/call` with the pure `evaluate(call, policy, counters, now)`.

@@ -1,7 +1,7 @@
 """Load and validate policy files: PolicyLayer JSON v1 as is, or the same document in TOML.
 
 Every error of a file is reported at once, each with file, line, column and a
-hint (design §3); unknown keys are errors, never ignored. A file that fails
+hint; unknown keys are errors, never ignored. A file that fails
 raises `PolicyError` and so never replaces a running policy.
 
 The keys (PolicyLayer's, then ours):
