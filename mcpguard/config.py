@@ -7,7 +7,8 @@ port = 8765                       # 0: any free port
 url_file = ".mcpguard/url"        # where the listen URL is written
 audit_log = ".mcpguard/audit.jsonl"
 audit_fsync = false               # fsync each audit record (slower)
-redact_keys = []                  # extra secret key fragments for the audit log
+redact_keys = []                  # extra secret key fragments for the audit log (matched anywhere in a key)
+audit_max_value_bytes = 65536     # a longer audit value (arguments, error, ...) is kept as size, sha256, preview
 headless_approvals = "deny"       # "deny" | "wait": approvals with no console attached
 call_timeout = "60s"              # per-call upstream timeout
 allowed_origins = []              # extra Origin values accepted (DNS rebinding checks)
@@ -79,6 +80,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 
+from mcpguard.audit import DEFAULT_MAX_VALUE_BYTES as DEFAULT_AUDIT_MAX_VALUE_BYTES
+from mcpguard.audit import MIN_MAX_VALUE_BYTES as MIN_AUDIT_MAX_VALUE_BYTES
 from mcpguard.durations import parse_duration
 
 DEFAULT_PORT = 8765
@@ -131,7 +134,11 @@ class GatewayConfig:
 
     `host`/`port` (0: any free port); `url_file`, `audit_log`: absolute
     paths or None (off); `audit_fsync`; `redact_keys` (extra audit secret
-    key fragments); `headless_approvals` `deny` | `wait` (what a call that
+    key fragments, matched anywhere in a key, on top of
+    `mcpguard.audit.SECRET_KEYS`); `audit_max_value_bytes` (bytes one value
+    of an audit record may take, 1024 or more, default 65536; a longer one
+    is recorded as its size, SHA-256 and a preview, see `mcpguard.audit`);
+    `headless_approvals` `deny` | `wait` (what a call that
     needs approval gets when no console is attached); `call_timeout_s`
     (seconds, per upstream call); `allowed_origins` (extra `Origin` values
     accepted besides loopback ones, MCP 2025-06-18, Streamable HTTP
@@ -149,6 +156,7 @@ class GatewayConfig:
     audit_log: Path | None = None
     audit_fsync: bool = False
     redact_keys: tuple[str, ...] = ()
+    audit_max_value_bytes: int = DEFAULT_AUDIT_MAX_VALUE_BYTES
     headless_approvals: str = "deny"
     call_timeout_s: float = 60.0
     allowed_origins: tuple[str, ...] = ()
@@ -311,8 +319,9 @@ def parse_config(text: str, path: str | os.PathLike[str] = "mcpguard.toml", *,
 
 # -- validation ----------------------------------------------------------------------------
 
-_GATEWAY_KEYS = ("host", "port", "url_file", "audit_log", "audit_fsync", "redact_keys", "headless_approvals",
-                 "call_timeout", "allowed_origins", "max_sessions", "session_idle_timeout", "request_read_timeout")
+_GATEWAY_KEYS = ("host", "port", "url_file", "audit_log", "audit_fsync", "redact_keys", "audit_max_value_bytes",
+                 "headless_approvals", "call_timeout", "allowed_origins", "max_sessions", "session_idle_timeout",
+                 "request_read_timeout")
 _CONSOLE_KEYS = ("theme", "max_rows")
 _STDIO_KEYS = ("command", "args", "env", "cwd", "stderr_log")
 _HTTP_KEYS = ("url", "headers")
@@ -482,6 +491,12 @@ class _Builder:
         if not isinstance(fsync, bool):
             self.err((*P, "audit_fsync"), "must be true or false")
             fsync = False
+        cap = t.get("audit_max_value_bytes", DEFAULT_AUDIT_MAX_VALUE_BYTES)
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < MIN_AUDIT_MAX_VALUE_BYTES:
+            self.err((*P, "audit_max_value_bytes"),
+                     f"must be a whole number of bytes, {MIN_AUDIT_MAX_VALUE_BYTES} or more "
+                     f"(65536 is 64 KiB), not {cap!r}")
+            cap = DEFAULT_AUDIT_MAX_VALUE_BYTES
         headless = self.string(t, P, "headless_approvals", "deny")
         if headless not in HEADLESS_APPROVALS:
             self.err((*P, "headless_approvals"), f"{headless!r} is not one of deny, wait")
@@ -499,6 +514,7 @@ class _Builder:
             audit_log=self.path_of(t, P, "audit_log", ".mcpguard/audit.jsonl"),
             audit_fsync=fsync,
             redact_keys=self.strings(t, P, "redact_keys"),
+            audit_max_value_bytes=cap,
             headless_approvals=headless,
             call_timeout_s=self.duration(t, P, "call_timeout", 60.0),
             allowed_origins=tuple(o.rstrip("/") for o in origins),

@@ -4,7 +4,7 @@ The core publishes; listeners (the console, tests, a future remote console)
 subscribe. Publishing never blocks and never awaits: each subscriber has a
 bounded queue, and a subscriber that falls behind loses the newest events and
 is told how many with an `EventsDropped` before its next event. A slow
-listener therefore never slows the proxy (design §4, issue 3 item 8).
+listener therefore never slows the proxy.
 
 All times are wall-clock seconds since the epoch (`time.time()`); durations
 are in milliseconds where the name says `_ms`, else seconds.
