@@ -140,7 +140,8 @@ class Gateway:
         if gw.audit_log:
             from mcpguard.audit import AuditLog
 
-            self.audit = AuditLog(gw.audit_log, fsync=gw.audit_fsync, redact_keys=gw.redact_keys, bus=self.bus)
+            self.audit = AuditLog(gw.audit_log, fsync=gw.audit_fsync, redact_keys=gw.redact_keys, bus=self.bus,
+                                  max_value_bytes=gw.audit_max_value_bytes)
             # decision and completion records are written by this listener inside
             # publish(), so each is on its way to disk before the agent's answer
             self._detach_audit = self.audit.attach(self.bus, policy_events=False)
@@ -194,11 +195,8 @@ class Gateway:
 
         try:
             self.set_policy(h.name, load_policy(h.policy_path))
-        except PolicyError as exc:
+        except PolicyError as exc:  # also every state that leaves no text to read (missing, a folder, not UTF-8)
             h.policy_errors = [str(i) for i in exc.issues] or [str(exc)]
-            self._rejected(h, h.policy_errors)
-        except OSError as exc:
-            h.policy_errors = [f"{h.policy_path}:1:1: cannot read policy: {exc.strerror or exc}"]
             self._rejected(h, h.policy_errors)
 
     def _rejected(self, h: ServerHandle, errors: list[str]) -> None:
