@@ -410,7 +410,7 @@ class Endpoint:
         if session_id is None or (session_id in self.pool.sessions):
             return await call_next(ctx)  # a second initialize, or no session to open: the SDK answers
         requested = params.get("protocolVersion")
-        sess = await self.pool.open_session(session_id, grant_of(ctx), params, ctx.session,
+        sess = await self.pool.open_session(session_id, grant_of(ctx), params, connection,
                                             requested if isinstance(requested, str) else "")
         try:
             result = await call_next(ctx)

@@ -47,7 +47,6 @@ from typing import Any
 
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
-from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.dispatcher import DispatchContext
 from mcp.shared.exceptions import MCPError
@@ -88,7 +87,7 @@ class AgentSession:
     `grant` (the grant that opened it), `client` (`clientInfo.name`),
     `client_info` and `capabilities` (its `initialize`), `protocol_version`,
     `upstream` (its own connection with `per_session`, else None: the
-    shared one), `notify` (a `ServerSession` bound to the session's
+    shared one), `connection` (the SDK's `Connection` of the session: its
     standalone stream), `opened_at` (epoch seconds), `calls`, `refused`
     (counts), `log_level` (set with `logging/setLevel`).
     """
@@ -100,7 +99,7 @@ class AgentSession:
     capabilities: dict[str, Any] | None
     protocol_version: str
     upstream: UpstreamConnection | None
-    notify: ServerSession | None
+    connection: Any
     opened_at: float = field(default_factory=time.time)
     calls: int = 0
     refused: int = 0
@@ -333,7 +332,7 @@ class UpstreamPool:
         """True when handshake-era agent sessions get their own upstream connection."""
         return self.handle.config.upstream_sessions == "per_session" and not self.shared.modern
 
-    async def open_session(self, session_id: str, grant: str, params: Mapping[str, Any], notify: ServerSession,
+    async def open_session(self, session_id: str, grant: str, params: Mapping[str, Any], connection: Any,
                            protocol_version: str) -> AgentSession:
         """Register a handshake-era agent session at its `initialize`; with `per_session`, open its connection.
 
@@ -344,7 +343,7 @@ class UpstreamPool:
         sess = AgentSession(session_id=session_id, grant=grant,
                             client=info.get("name") if info and isinstance(info.get("name"), str) else None,
                             client_info=info, capabilities=caps, protocol_version=protocol_version, upstream=None,
-                            notify=notify)
+                            connection=connection)
         if self.per_session:
             label = f"{self.handle.name}#{session_id[:8]}"
 
@@ -610,13 +609,10 @@ class UpstreamPool:
 
 async def _send_standalone(sess: AgentSession, method: str, params: Mapping[str, Any] | None) -> None:
     """A notification to an agent session's standalone stream (dropped when it has none or it is gone)."""
-    if sess.notify is None:
-        return
-    note = _typed_notification(method, params)
-    if note is None:
-        return
+    if sess.connection is None or _typed_notification(method, params) is None:
+        return  # only what the spec defines, and well formed
     try:
-        await sess.notify.send_notification(note)
+        await sess.connection.notify(method, params)
     except Exception as exc:  # a gone session must not fail the upstream's notification
         log.debug("notification %s to session %s dropped: %s", method, sess.session_id[:8], exc)
 
