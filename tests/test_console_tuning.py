@@ -54,7 +54,8 @@ def notes(app: ConsoleApp) -> list[str]:
 
 async def watching(pilot: Any, app: ConsoleApp) -> None:
     await started(pilot, app)
-    await until(pilot, lambda: app.files is not None and app._watch_stop is not None, "watcher started")
+    await until(pilot, lambda: app.files is not None, "gateway up")
+    await asyncio.sleep(0.3)  # the gateway's watcher is up
     await pilot.pause(0.5)  # let watchfiles set up its watch before a test writes the file
 
 

@@ -166,8 +166,6 @@ class ConsoleApp(App[int]):
         self._after_start()
 
     def _after_start(self) -> None:
-        from mcpguard.reload import PolicyFiles
-
         self.started = True
         # Everything loaded so far (Textual, the SDK, the gateway, the screen) lives as
         # long as the app: take it out of the cyclic GC's full passes, which otherwise
@@ -178,8 +176,7 @@ class ConsoleApp(App[int]):
             _GC_FROZEN = True
             gc.collect()
             gc.freeze()
-        self.files = PolicyFiles(self.gateway)
-        self.watch_policies()
+        self.files = getattr(self.gateway, "files", None)
         self.refresh_views()
         for fn in self._background:
             self.run_worker(fn(self), group="background", exit_on_error=False)
@@ -213,14 +210,6 @@ class ConsoleApp(App[int]):
                 await self.shutdown()
 
         self.push_screen(ConfirmQuitScreen(n), answered)
-
-    @work(exclusive=True, group="policy-watch", exit_on_error=False)
-    async def watch_policies(self) -> None:
-        """Follow every policy file (watchfiles, debounced): a change made in
-        another editor is applied, or rejected with its line, within a second.
-        Outcomes arrive as bus events; an open editor is told at once."""
-        self._watch_stop = asyncio.Event()
-        await self.files.watch(self._watch_stop, on_result=lambda r: self._disk_changed(r.server))
 
     def _disk_changed(self, server: str) -> None:
         for screen in self.screen_stack:
@@ -258,6 +247,9 @@ class ConsoleApp(App[int]):
         self.main.apply_batch(new, changed, evicted)
         kinds = {type(e).__name__ for e in batch}
         self._notify_policy_events(batch)
+        for e in batch:  # the gateway follows the files; an open editor follows what it saw
+            if type(e).__name__ in ("PolicyReloaded", "PolicyRejected") and getattr(e, "source", "file") == "file":
+                self._disk_changed(e.server)
         if kinds & {"PolicyReloaded"}:
             self._sync_counter_limits({e.server for e in batch if type(e).__name__ == "PolicyReloaded"})
         if kinds & {"PolicyReloaded", "PolicyRejected", "UpstreamState", "ToolChanged"}:

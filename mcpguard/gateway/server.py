@@ -14,6 +14,7 @@ description, inputSchema, annotations); a definition that differs later is a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ class ServerHandle:
         self._last_fp: dict[str, str] = {}
         self._announced_fps: dict[str, set[str]] = {}  # changed definitions already published
         self._risk_cache: dict[str, Risk] = {}
+        self._policy_version: tuple[Any, str] = (None, "")
 
     # -- tools ----------------------------------------------------------------
     def tool(self, name: str) -> dict[str, Any] | None:
@@ -128,6 +130,17 @@ class ServerHandle:
         self.changed_tools.discard(tool)
 
     # -- policy ---------------------------------------------------------------
+    @property
+    def policy_version(self) -> str | None:
+        """A short digest of the running policy's text (None: no policy), part of an approval's digest."""
+        policy = self.policy
+        if policy is None:
+            return None
+        if self._policy_version[0] is not policy:
+            text = getattr(getattr(policy, "source", None), "text", None) or repr(policy)
+            self._policy_version = (policy, hashlib.sha256(text.encode("utf-8")).hexdigest()[:16])
+        return self._policy_version[1]
+
     def apply_policy(self, policy: Any) -> None:
         """Make `policy` (already validated) this server's policy; counters are kept.
 
