@@ -56,6 +56,7 @@ file. Never imports textual or rich. Speed: bench/bench_replay.py.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -298,6 +299,18 @@ def read_calls(path: str | os.PathLike[str], *, server: str | None = None) -> Au
         raise AuditReadError(f"{name}: is a folder, not an audit log") from None
     except OSError as exc:
         raise AuditReadError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    # the records kept form no reference cycles, and a log holds many of them: the
+    # cyclic collector would walk the growing heap again and again for nothing
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _read(name, data, server)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _read(name: str, data: bytes, server: str | None) -> AuditCalls:
     out = AuditCalls(path=name)
     lines = data.split(b"\n")
     last = len(lines)
@@ -305,23 +318,33 @@ def read_calls(path: str | os.PathLike[str], *, server: str | None = None) -> Au
     bad = out.unreadable
     servers = out.servers
     index: dict[str, int] = {}  # call_id -> position in calls
-    outcomes: list[tuple[str, str]] = []
+    early: dict[str, str] = {}  # call_id -> completion code, for a completion read before its decision
+    records = other = 0
     loads = pydantic_core.from_json
+    completion = _completion_fields().validator.validate_json
     for i, raw in enumerate(lines, 1):
         if not raw or raw.isspace():
             continue
         try:
-            rec = loads(raw)
-        except ValueError as exc:
-            if i == last:
-                bad.append(Unreadable(i, f"torn last line (no newline, not JSON: {exc}): a write cut short"))
+            if raw.startswith(_COMPLETION_HEAD):
+                # the whole line is still parsed and checked; only the fields a replay
+                # reads are built
+                rec = completion(raw)
             else:
-                bad.append(Unreadable(i, f"not a JSON audit record ({exc})"))
+                rec = loads(raw, cache_strings="keys")
+        except ValueError as exc:
+            why = _json_error(exc)
+            if why is None:
+                bad.append(Unreadable(i, "completion record: needs call_id and decision strings"))
+            elif i == last:
+                bad.append(Unreadable(i, f"torn last line (no newline, not JSON: {why}): a write cut short"))
+            else:
+                bad.append(Unreadable(i, f"not a JSON audit record ({why})"))
             continue
         if type(rec) is not dict:
             bad.append(Unreadable(i, f"not a JSON object but {_kind(rec)}"))
             continue
-        out.records += 1
+        records += 1
         kind = rec.get("kind")
         if kind == "decision":
             try:
@@ -338,30 +361,64 @@ def read_calls(path: str | os.PathLike[str], *, server: str | None = None) -> Au
                     out.decided_again += 1
                     continue
                 index[cid] = len(calls)
+                if early and cid in early and early[cid] != rc.decision:
+                    rc = rc._replace(outcome=early.pop(cid))
             calls.append(rc)
         elif kind == "completion":
             cid = rec.get("call_id")
             code = rec.get("decision")
-            if not isinstance(cid, str) or not isinstance(code, str):
+            if type(cid) is not str or type(code) is not str:
                 bad.append(Unreadable(i, "completion record: needs call_id and decision strings"))
                 continue
-            outcomes.append((cid, code))
+            at = index.get(cid)
+            if at is None:
+                early[cid] = code
+            elif code != calls[at].decision:
+                calls[at] = calls[at]._replace(outcome=code)
         elif kind in _KINDS:
-            out.other += 1
+            other += 1
         elif kind is None:
             bad.append(Unreadable(i, 'record without "kind"'))
         else:
             shown = f'"{kind}"' if isinstance(kind, str) else repr(kind)
             bad.append(Unreadable(i, f"unknown record kind {shown} (known: {', '.join(KINDS)})"))
-    for cid, code in outcomes:
-        at = index.get(cid)
-        if at is not None:
-            rc = calls[at]
-            if code != rc.decision:
-                calls[at] = rc._replace(outcome=code)
+    out.records, out.other = records, other
     if any(calls[k].ts < calls[k - 1].ts for k in range(1, len(calls))):
         calls.sort(key=_ts)
     return out
+
+
+_COMPLETION_HEAD = b'{"kind":"completion",'
+_completion_adapter: Any = None
+
+
+def _completion_fields() -> Any:
+    """A pydantic TypeAdapter that reads a completion line's `kind`, `call_id` and
+    `decision` (strings) and checks the rest of the line is JSON, building nothing else."""
+    global _completion_adapter
+    if _completion_adapter is None:
+        from pydantic import ConfigDict, TypeAdapter
+        from typing_extensions import TypedDict
+
+        class Completion(TypedDict, total=False):
+            __pydantic_config__ = ConfigDict(extra="ignore")  # type: ignore[misc]
+            kind: str
+            call_id: str
+            decision: str
+
+        _completion_adapter = TypeAdapter(Completion)
+    return _completion_adapter
+
+
+def _json_error(exc: ValueError) -> str | None:
+    """The parser's words for a line that is not JSON; None when it is JSON of the wrong types."""
+    errors = getattr(exc, "errors", None)
+    if errors is None:  # pydantic_core.from_json
+        return str(exc)
+    for e in errors():
+        if e.get("type") == "json_invalid":
+            return str(e.get("msg", "")).removeprefix("Invalid JSON: ")
+    return None
 
 
 def _ts(rc: RecordedCall) -> float:
@@ -380,51 +437,74 @@ def _kind(value: Any) -> str:
     return "a number"
 
 
+_STR_OR_NONE = (str, type(None))
+
+
 def _decision(rec: dict[str, Any], line: int, raw: bytes | None) -> RecordedCall:
-    ts = rec.get("ts")
-    server = rec.get("server")
-    tool = rec.get("tool")
-    code = rec.get("decision")
-    if type(ts) is not float and type(ts) is not int:
-        raise RecordError('"ts" must be epoch seconds (a number)')
-    for key, value in (("server", server), ("tool", tool), ("decision", code)):
-        if type(value) is not str:
-            raise RecordError(f'"{key}" must be a string' if key in rec else f'missing "{key}"')
-    action = rec.get("action")
+    get = rec.get
+    ts = get("ts")
+    server = get("server")
+    tool = get("tool")
+    code = get("decision")
+    grant = get("grant", "local")
+    session = get("session")
+    client = get("client")
+    call_id = get("call_id", "")
+    if not ((type(ts) is float or type(ts) is int) and type(server) is str and type(tool) is str
+            and type(code) is str and isinstance(grant, _STR_OR_NONE) and isinstance(session, _STR_OR_NONE)
+            and isinstance(client, _STR_OR_NONE) and isinstance(call_id, _STR_OR_NONE)):
+        raise RecordError(_shape_error(rec))
+    action = get("action")
     if action is None:
         action = DECISION_CODES.get(code)
         if action is None:
             raise RecordError(f'unknown decision "{code}" and no "action"')
-    elif action not in ("allow", "deny", "require_approval"):
+    elif action not in _ACTIONS:
         raise RecordError(f'"action" must be allow, deny or require_approval, not {action!r}')
-    grant = rec.get("grant", "local")
-    session = rec.get("session")
-    client = rec.get("client")
-    call_id = rec.get("call_id", "")
-    for key, value in (("grant", grant), ("session", session), ("client", client), ("call_id", call_id)):
-        if value is not None and type(value) is not str:
-            raise RecordError(f'"{key}" must be a string')
-    args = rec.get("arguments")
-    if args is None:
-        held, args = "absent", {}
-    elif type(args) is dict:
-        if rec.get("arguments_truncated") is True:
+    args = get("arguments")
+    if type(args) is dict:
+        if get("arguments_truncated") is True:
             held = "cut"
         elif (raw is None or b'"[redacted]"' in raw or b"[truncated" in raw) and _marked(args):
             held = "marked"
         else:
             held = "whole"
+    elif args is None:
+        held, args = "absent", {}
     elif isinstance(args, str) and _marker(args) is not None:
         held, args = ("redacted" if args == REDACTED else "truncated"), {}
     else:
         raise RecordError(f'"arguments" must be an object, not {_kind(args)}')
-    rule = rec.get("rule")
-    message = rec.get("message")
-    time = rec.get("time")
-    return RecordedCall(server, tool, args, grant or "local", session, client, call_id or "", float(ts), code,
-                        action, rule if isinstance(rule, str) else None,
-                        message if isinstance(message, str) else None, None, line, held,
-                        time if isinstance(time, str) else None)
+    rule = get("rule")
+    message = get("message")
+    time = get("time")
+    # tuple.__new__ directly: NamedTuple's own __new__ binds 16 arguments by name per record
+    return _new_tuple(RecordedCall, (server, tool, args, grant or "local", session, client, call_id or "", float(ts),
+                                     code, action, rule if type(rule) is str else None,
+                                     message if type(message) is str else None, None, line, held,
+                                     time if type(time) is str else None))
+
+
+_ACTIONS = frozenset({"allow", "deny", "require_approval"})
+_new_tuple = tuple.__new__
+
+
+def _shape_error(rec: dict[str, Any]) -> str:
+    """Why a decision record is not of the shape a replay reads (the first thing wrong)."""
+    ts = rec.get("ts")
+    if "ts" not in rec:
+        return 'missing "ts"'
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        return '"ts" must be epoch seconds (a number)'
+    for key in ("server", "tool", "decision"):
+        if key not in rec:
+            return f'missing "{key}"'
+        if type(rec[key]) is not str:
+            return f'"{key}" must be a string'
+    for key in ("grant", "session", "client", "call_id"):
+        if not isinstance(rec.get(key), _STR_OR_NONE):
+            return f'"{key}" must be a string'
+    return "not a decision record"  # pragma: no cover - every failing test above names one
 
 
 def _marker(value: Any) -> str | None:
@@ -604,25 +684,32 @@ class _Side:
         self.shadow = Counters(server)
         self.entries = _Entries(policy)
 
-    def decide(self, rc: RecordedCall) -> tuple[Decision, list[UnknownArg]]:
-        """Decide `rc` at its `ts`, count it if it goes, and say what it read that the log lacks."""
+    def decide(self, rc: RecordedCall) -> tuple[Decision, list[UnknownArg] | None]:
+        """Decide `rc` at its `ts`, count it if it goes, and say what it read that the log
+        lacks (None when the log holds all its arguments)."""
         ts = rc.ts
         d = evaluate(rc, self.policy, self.counters, ts,  # type: ignore[arg-type]  # a Call-shaped record
                      tool_changed=rc.decision == "tool_changed", shadow_counters=self.shadow)
-        unknown = self.entries.unknowns(d, rc) if rc.held != "whole" else []
-        if any(not u.shadow for u in unknown):
-            if _went(rc):  # the recording says whether it went; the new decision cannot
-                policy = self.policy
-                if policy.limits_for(rc.tool):
-                    self.counters.try_consume(policy.limits_for(rc.tool), rc, ts)  # type: ignore[arg-type]
-                if policy.shadow_limits_for(rc.tool):
-                    self.shadow.try_consume(policy.shadow_limits_for(rc.tool), rc, ts)  # type: ignore[arg-type]
-        elif d.action != "deny" and _goes(d, rc):
+        unknown = None
+        if rc.held != "whole":
+            unknown = self.entries.unknowns(d, rc) or None
+            if unknown is not None and any(not u.shadow for u in unknown):
+                # the recording says whether it went; the new decision cannot
+                if _went(rc):
+                    self._consume(self.policy.limits_for(rc.tool), self.policy.shadow_limits_for(rc.tool), rc, ts)
+                return d, unknown
+        if d.action == "allow" or (d.action == "require_approval" and rc.outcome not in _NOT_GONE):
             if d.limits:
                 self.counters.try_consume(d.limits, rc, ts)  # type: ignore[arg-type]
             if d.shadow_limits:
                 self.shadow.try_consume(d.shadow_limits, rc, ts)  # type: ignore[arg-type]
         return d, unknown
+
+    def _consume(self, limits: tuple[Any, ...], shadow_limits: tuple[Any, ...], rc: RecordedCall, ts: float) -> None:
+        if limits:
+            self.counters.try_consume(limits, rc, ts)  # type: ignore[arg-type]
+        if shadow_limits:
+            self.shadow.try_consume(shadow_limits, rc, ts)  # type: ignore[arg-type]
 
 
 def what_would_change(
@@ -667,28 +754,34 @@ def what_would_change(
     changes = report.changes
     unknown_calls = report.unknown
     n = 0
+    decide = new.decide
     for rc in todo:
         if since is not None and rc.ts < since:
             if rc.ts >= warm_from:  # type: ignore[operator]
-                new.decide(rc)
+                decide(rc)
                 if old is not None:
                     old.decide(rc)
                 report.warmup += 1
             continue
         n += 1
-        d, unknown = new.decide(rc)
+        d, unknown = decide(rc)
         if old is not None:
             od, old_unknown = old.decide(rc)
+            if old_unknown:
+                unknown = (unknown or []) + [u for u in old_unknown if u not in (unknown or ())]
+            if od.code == d.code and unknown is None and d.shadow is None:
+                continue  # the common case: the same decision, nothing to build
             before = Verdict(od.action, od.code, od.rule, od.message)
-            unknown = unknown + [u for u in old_unknown if u not in unknown]
         else:
+            if unknown is None and d.shadow is None and d.code == (
+                    "rate_limited" if rc.outcome == "rate_limited" else rc.decision):
+                continue
             before = _old_verdict(rc)
-        sh = d.shadow
-        if unknown and any(u.shadow for u in unknown):
+        if unknown is not None and any(u.shadow for u in unknown):
             would["unknown"] = would.get("unknown", 0) + 1
-        elif sh is not None:
-            would[sh.would] = would.get(sh.would, 0) + 1
-        if any(not u.shadow for u in unknown):
+        elif d.shadow is not None:
+            would[d.shadow.would] = would.get(d.shadow.would, 0) + 1
+        if unknown is not None and any(not u.shadow for u in unknown):
             unknown_calls.append(Change(rc, before, d, "unknown", tuple(unknown)))
             continue
         kind = classify(before, d.code, d.action)

@@ -338,24 +338,26 @@ def test_torn_last_line_and_unknown_records_are_listed_with_their_lines_and_exit
         f.write('{"kind":"mystery","ts":1}\n')
         f.write('{"kind":"decision","ts":"yesterday","server":"ev","tool":"echo","decision":"allowed"}\n')
         f.write('["not", "a", "record"]\n')
+        f.write('{"kind":"completion","ts":17,"call_id":5,"decision":"allowed"}\n')
         f.write('{"kind":"decision","ts":17')  # a write cut short
     res = replay(audit, RECORDED.replace("max = 20", "max = 4"), tmp=tmp_path)
     assert res.returncode == 2
     errs = res.stderr.splitlines()
-    assert errs[:3] == [
+    assert errs[:4] == [
         f'{audit}:{n + 1}: cannot read: unknown record kind "mystery" (known: decision, completion, '
         "policy_reloaded, policy_rejected, tool_changed)",
         f'{audit}:{n + 2}: cannot read: decision record: "ts" must be epoch seconds (a number)',
         f"{audit}:{n + 3}: cannot read: not a JSON object but a list",
+        f"{audit}:{n + 4}: cannot read: completion record: needs call_id and decision strings",
     ]
-    assert errs[3].startswith(f"{audit}:{n + 4}: cannot read: torn last line (no newline, not JSON: EOF while parsing")
-    assert errs[3].endswith("): a write cut short") and len(errs) == 4
+    assert errs[4].startswith(f"{audit}:{n + 5}: cannot read: torn last line (no newline, not JSON: EOF while parsing")
+    assert errs[4].endswith("): a write cut short") and len(errs) == 5
     # the readable calls are still replayed, and the count of the others is printed
     assert "16 calls, 3 would change" in res.stdout
-    assert "4 records could not be read (listed on stderr with their lines); the others were replayed" in res.stdout
+    assert "5 records could not be read (listed on stderr with their lines); the others were replayed" in res.stdout
     doc = as_json(replay(audit, RECORDED, "--json", tmp=tmp_path))
-    assert (doc["calls"], doc["unreadable"], doc["exit"]) == (16, 4, 2)
-    assert [u["line"] for u in doc["unreadable_records"]] == [n + 1, n + 2, n + 3, n + 4]
+    assert (doc["calls"], doc["unreadable"], doc["exit"]) == (16, 5, 2)
+    assert [u["line"] for u in doc["unreadable_records"]] == [n + 1, n + 2, n + 3, n + 4, n + 5]
 
 
 def test_a_policy_with_errors_exits_2_with_file_line_col(recorded, tmp_path):
@@ -428,3 +430,21 @@ def test_recorded_call_from_a_record_dict_and_its_errors():
         RecordedCall.from_record({"kind": "decision", "ts": 10, "server": "ev", "decision": "allowed"})
     with pytest.raises(ValueError, match='unknown decision "maybe" and no "action"'):
         RecordedCall.from_record({"kind": "decision", "ts": 10, "server": "ev", "tool": "t", "decision": "maybe"})
+
+
+def test_completions_join_their_decision_in_any_order_and_a_second_decision_is_counted(recorded, tmp_path):
+    lines = recorded.read_text().splitlines()
+    found = read_calls(recorded)
+    outcomes = {c.arguments.get("id"): c.outcome for c in found.calls if c.tool == "delete_thing"}
+    assert outcomes == {"x1": "approved", "prod": None, "x2": "approval_denied", "x3": "approved"}
+    assert (found.records, found.other, found.decided_again, found.unreadable) == (len(lines), 0, 0, [])
+    # the completion of x2 first, and its decision written twice
+    (dec,) = [i for i, line in enumerate(lines) if '"kind":"decision"' in line and '"id":"x2"' in line]
+    (done,) = [i for i, line in enumerate(lines) if '"kind":"completion"' in line
+               and json.loads(line)["call_id"] == json.loads(lines[dec])["call_id"]]
+    moved = [lines[done]] + [line for i, line in enumerate(lines) if i != done] + [lines[dec]]
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text("\n".join(moved) + "\n")
+    again = read_calls(audit)
+    assert {c.arguments.get("id"): c.outcome for c in again.calls if c.tool == "delete_thing"} == outcomes
+    assert (len(again.calls), again.decided_again) == (16, 1)
