@@ -331,7 +331,7 @@ def _read(name: str, data: bytes, server: str | None) -> AuditCalls:
                 # reads are built
                 rec = completion(raw)
             else:
-                rec = loads(raw, cache_strings="keys")
+                rec = loads(raw, cache_strings=True)  # tool, grant, codes repeat on every line
         except ValueError as exc:
             why = _json_error(exc)
             if why is None:
@@ -641,15 +641,6 @@ def classify(old: Verdict, new_code: str, new_action: str) -> str | None:
     if was == "approval":
         return "no_longer_requires_approval"
     return "deny_to_allow" if was in ("deny", "rate_limited") else None
-
-
-def _goes(d: Decision, rc: RecordedCall) -> bool:
-    """Whether the call goes upstream under decision `d` (and so counts against its limits)."""
-    if d.action == "allow":
-        return True
-    if d.action == "require_approval":
-        return rc.outcome not in _NOT_GONE
-    return False
 
 
 def _went(rc: RecordedCall) -> bool:
