@@ -155,7 +155,6 @@ def test_the_same_policy_changes_nothing_and_exits_0(recorded, tmp_path):
     lines = res.stdout.splitlines()
     assert lines[0] == f"{recorded} (server ev) under {tmp_path / 'new.toml'}: 16 calls, 0 would change"
     assert lines[1] == ("  allow → deny: 0, deny → allow: 0, newly rate-limited: 0, newly needing approval: 0")
-    # the person's answers were replayed too: the approved delete counts, the denied one does not
     doc = as_json(replay(recorded, RECORDED, "--json", tmp=tmp_path))
     assert (doc["calls"], doc["changed"], doc["unknown"], doc["unreadable"], doc["exit"]) == (16, 0, 0, 0, 0)
 
@@ -247,6 +246,29 @@ def test_approvals_a_person_denied_do_not_count_against_a_new_limit(recorded, tm
     ]
     # with 2 slots, x2 (which the person denied, so it never went) leaves the second one to x3
     assert changed(as_json(replay(recorded, capped(2), "--json", tmp=tmp_path))) == []
+
+
+def test_shadow_rules_change_no_outcome_and_the_report_counts_what_they_would_do(recorded, tmp_path):
+    trial = RECORDED.replace("[tools.status]", """\
+[[tools.echo.limits]]
+counter = "echo_trial"
+window = "minute"
+max = 4
+scope = "session"
+mode = "shadow"
+
+[[tools.echo.deny_if]]
+conditions = [{ path = "args.text", op = "regex", value = "^b" }]
+mode = "shadow"
+
+[tools.status]""")
+    res = replay(recorded, trial, "--json", tmp=tmp_path)
+    assert res.returncode == 0, res.stderr
+    doc = as_json(res)
+    # a5, a6 and the keyed echo would be rate-limited in session A; b1, b2 would be denied
+    assert (doc["changed"], doc["would"]) == (0, {"would_rate_limit": 3, "would_deny": 2})
+    table = replay(recorded, trial, tmp=tmp_path)
+    assert "the new policy's shadow rules: would deny: 2, would rate limit: 3" in table.stdout
 
 
 def test_policylayer_json_policy_replays_like_its_toml(recorded, tmp_path):
