@@ -10,7 +10,8 @@ Every install step of the project lives here:
 - the MLflow environment (`mlflow-mcp` 0.4.1 and the `mlflow` server) in its own
   virtual environment under the user cache (see `mcpguard.stack`), because
   `mlflow-mcp` pins `mcp<2` while mcpguard builds on `mcp` 2.x;
-- tmux (Debian package) for the test that drives the console in a real terminal.
+- tmux (Debian package) for the test that drives the console in a real terminal,
+  and, when run as root, setpriv (util-linux) for the unreadable-file test.
 
 Arguments after `test` go to pytest (`python3 dev.py test -k policy -x`).
 """
@@ -52,16 +53,25 @@ def setup_venv() -> None:
     STAMP.write_text(want)
 
 
-def ensure_tmux() -> None:
-    """Install tmux from Debian's packages when it is missing and we may (root, apt-get)."""
-    if shutil.which("tmux"):
+def ensure_tools() -> None:
+    """Install the test tools that are missing from Debian's packages, when we may (root, apt-get).
+
+    tmux drives the console in a real terminal. setpriv (util-linux) is needed
+    only as root: the test of an unreadable policy file drops the
+    capabilities that let root read any file.
+    """
+    wanted = {"tmux": "tmux"}
+    if os.geteuid() == 0:
+        wanted["setpriv"] = "util-linux"
+    missing = sorted({pkg for tool, pkg in wanted.items() if not shutil.which(tool)})
+    if not missing:
         return
     if shutil.which("apt-get") and os.geteuid() == 0:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL)
-        run(["apt-get", "install", "-y", "-q", "tmux"], env=env, stdout=subprocess.DEVNULL)
+        run(["apt-get", "install", "-y", "-q", *missing], env=env, stdout=subprocess.DEVNULL)
     else:
-        log("tmux is missing and cannot be installed here; the tmux test will fail")
+        log(f"missing and cannot be installed here: {', '.join(missing)}; the tests needing them will fail")
 
 
 def setup_stack() -> None:
@@ -82,7 +92,7 @@ def main(argv: list[str]) -> int:
         os.execv(BIN / "mcpguard", [str(BIN / "mcpguard"), "demo", *rest])
     if cmd == "test":
         setup_venv()
-        ensure_tmux()
+        ensure_tools()
         setup_stack()
         return subprocess.call([BIN / "python", "-m", "pytest", *rest], cwd=ROOT)
     print(__doc__)

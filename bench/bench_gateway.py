@@ -2,16 +2,24 @@
 
     .venv/bin/python bench/bench_gateway.py [--rounds 3] [--seconds 2] [--clients 1,16]
 
-Legs (issue 3, "Benchmark"), each a real `mcp` 2.x client over the wire:
+Legs, each a real `mcp` 2.x client over the wire, of either MCP era: `/2026`
+is `mcp.Client(mode="2026-07-28")` (no handshake, each call one POST),
+`/legacy` a `ClientSession` after the `initialize` handshake (a session, SSE
+responses):
 
 - `direct-stdio`: the client spawns `bench/echo_server.py` and talks stdio;
 - `direct-http`:  the same server on Streamable HTTP (127.0.0.1);
 - `mcpguard`:     `mcpguard serve` (Streamable HTTP downstream, the echo server as
-                  a stdio upstream, a policy with limits that never trip, audit
-                  log on, flushed per record);
+                  a stdio upstream, negotiated to 2026-07-28, a policy with limits
+                  that never trip, audit log on, flushed per record);
 - `mcp-proxy`:    `mcp-proxy` 0.13.0 (no policy at all) in front of the same stdio
-                  server; it pins `mcp<2`, so it gets its own virtual environment
-                  under `$MCPGUARD_HOME` (installed here on first use).
+                  server; it pins `mcp<2` (handshake era only), so it gets its own
+                  virtual environment under `$MCPGUARD_HOME` (installed here on
+                  first use).
+
+Ratios: `x direct` against `direct-stdio` of the same era, `x mcp-proxy`
+against `mcp-proxy/legacy`; `+p50 ms` is the p50 latency added over
+`direct-stdio` of the same era.
 
 Each cell (leg x concurrent clients) opens its client sessions untimed, then
 every client calls `echo` back to back for `--seconds`; rounds interleave the
@@ -45,9 +53,8 @@ from common import POLICY, log  # bench/common.py (scripts run from bench/)
 
 import httpx
 import mcp_types as types
-from mcp import ClientSession, StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp import Client, ClientSession, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -162,6 +169,12 @@ def process_cpu_s(pid: int | None) -> float:
 @contextlib.asynccontextmanager
 async def open_session(target: dict):
     info = types.Implementation(name="bench", version="1")
+    if target["era"] == "2026":
+        server = StdioServerParameters(command=sys.executable, args=[str(ECHO)]) if target["kind"] == "stdio" \
+            else target["url"]
+        async with Client(server, mode="2026-07-28", client_info=info, cache=None) as c:
+            yield c
+        return
     if target["kind"] == "stdio":
         params = StdioServerParameters(command=sys.executable, args=[str(ECHO)])
         with open(os.devnull, "w") as devnull:
@@ -189,7 +202,7 @@ async def run_cell(target: dict, clients: int, seconds: float, cell: Cell) -> No
         started = time.perf_counter()
         deadline = started + seconds
 
-        async def worker(s: ClientSession) -> None:
+        async def worker(s: ClientSession | Client) -> None:
             for i in range(budget):
                 t0 = time.perf_counter()
                 if t0 >= deadline:
@@ -215,10 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per cell per round")
     ap.add_argument("--clients", default="1,16")
     ap.add_argument("--legs", default="direct-stdio,direct-http,mcpguard,mcp-proxy")
+    ap.add_argument("--eras", default="2026,legacy", help="client eras: 2026 (2026-07-28), legacy (handshake)")
     ap.add_argument("--profile", help="cProfile the mcpguard gateway into this pstats file")
     args = ap.parse_args(argv)
     concurrency = [int(c) for c in args.clients.split(",")]
     legs = args.legs.split(",")
+    client_eras = args.eras.split(",")
 
     work = Path(tempfile.mkdtemp(prefix="mcpguard-bench-"))
     procs: list[Proc] = []
@@ -260,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
             targets["mcp-proxy"] = {"name": "mcp-proxy", "kind": "http", "url": f"http://127.0.0.1:{port}/mcp", "pid": p.popen.pid}
             wait_http(f"http://127.0.0.1:{port}/status", p)
 
+        targets = {f"{name}/{era}": {**t, "name": f"{name}/{era}", "era": era}
+                   for name, t in targets.items() for era in client_eras
+                   if not (name == "mcp-proxy" and era == "2026")}  # mcp-proxy speaks only the handshake era
         cells = {(leg, c): Cell(leg, c) for leg in targets for c in concurrency}
         log(f"{args.rounds} rounds x {len(cells)} cells x {args.seconds} s; work dir {work}")
         for rnd in range(args.rounds):
@@ -267,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 for leg, target in targets.items():
                     cell = cells[(leg, c)]
                     asyncio.run(run_cell(target, c, args.seconds, cell))
-                    log(f"round {rnd + 1}: {leg:<12} {c:>2} clients  {cell.rate:8.0f} calls/s so far")
+                    log(f"round {rnd + 1}: {leg:<20} {c:>2} clients  {cell.rate:8.0f} calls/s so far")
     finally:
         for p in reversed(procs):
             p.stop()
@@ -278,23 +296,25 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"mcpguard bench_gateway: {args.rounds} rounds x {args.seconds:g} s per cell, "
           f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}")  # fmt: skip
-    head = (f"{'leg':<13}{'clients':>8}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x direct':>10}{'x mcp-proxy':>13}"
-            f"{'errors':>8}{'srv CPU ms/call':>17}{'client CPU ms/call':>20}")  # fmt: skip
+    head = (f"{'leg':<20}{'clients':>8}{'calls/s':>10}{'p50 ms':>9}{'+p50 ms':>9}{'p99 ms':>9}{'x direct':>10}"
+            f"{'x mcp-proxy':>13}{'errors':>8}{'srv CPU ms/call':>17}{'client CPU ms/call':>20}")  # fmt: skip
     print(head)
     print("-" * len(head))
     for c in concurrency:
-        direct = cells.get(("direct-stdio", c))
-        proxy = cells.get(("mcp-proxy", c))
+        proxy = cells.get(("mcp-proxy/legacy", c))
         for leg in targets:
             cell = cells[(leg, c)]
+            direct = cells.get((f"direct-stdio/{targets[leg]['era']}", c))
             xd = f"{cell.rate / direct.rate:.2f}" if direct and direct.rate else "-"
+            added = f"{cell.pct(0.5) - direct.pct(0.5):.2f}" if direct and direct.latencies else "-"
             xp = f"{cell.rate / proxy.rate:.2f}" if proxy and proxy.rate else "-"
             srv = f"{cell.proxy_cpu_s / cell.calls * 1000:.2f}" if cell.calls and cell.proxy_cpu_s else "-"
             cli = f"{cell.client_cpu_s / cell.calls * 1000:.2f}" if cell.calls else "-"
-            print(f"{leg:<13}{c:>8}{cell.rate:>10.0f}{cell.pct(0.5):>9.2f}{cell.pct(0.99):>9.2f}{xd:>10}{xp:>13}"
-                  f"{cell.errors:>8}{srv:>17}{cli:>20}")  # fmt: skip
-    if "mcpguard" in targets:
-        calls = sum(cells[("mcpguard", c)].calls for c in concurrency)
+            print(f"{leg:<20}{c:>8}{cell.rate:>10.0f}{cell.pct(0.5):>9.2f}{added:>9}{cell.pct(0.99):>9.2f}{xd:>10}"
+                  f"{xp:>13}{cell.errors:>8}{srv:>17}{cli:>20}")  # fmt: skip
+    mcpguard_legs = [leg for leg in targets if leg.startswith("mcpguard/")]
+    if mcpguard_legs:
+        calls = sum(cells[(leg, c)].calls for leg in mcpguard_legs for c in concurrency)
         print(f"\nmcpguard audit log: {audit_lines} records for {calls} timed calls (+ warm-up calls)")
     if args.profile:
         print(f"profile of the gateway: {args.profile}  (python -m pstats {args.profile})")

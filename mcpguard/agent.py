@@ -43,7 +43,7 @@ from mcp.shared.exceptions import MCPError
 from mcpguard.stack import DEMO_EXPERIMENT, DEMO_MODEL
 
 DECISION_META_KEY = "mcpguard/decision"
-"""Where mcpguard puts its decision in a denied `CallToolResult._meta` (design §3)."""
+"""Where mcpguard puts its decision in a denied `CallToolResult._meta`."""
 
 CLIENT_NAME = "mcpguard-demo-agent"
 

@@ -69,8 +69,8 @@ class Approvals:
         self._clock = clock
         self._pending: dict[str, PendingApproval] = {}
         self._ids = itertools.count(1)
-        # (session_id, server, tool) approved "for this session"
-        self._session_grants: set[tuple[str, str, str]] = set()
+        # (session_id, server, tool) approved "for this session" -> who approved it
+        self._session_grants: dict[tuple[str, str, str], str | None] = {}
 
     # -- queries -----------------------------------------------------------
     def pending(self) -> list[PendingApproval]:
@@ -84,9 +84,15 @@ class Approvals:
         """True when a person approved `tool` on `server` for this session."""
         return session_id is not None and (session_id, server, tool) in self._session_grants
 
+    def session_approver(self, session_id: str | None, server: str, tool: str) -> str | None:
+        """Who approved `tool` on `server` for this session (`console`, ...), or None when no one did."""
+        if session_id is None:
+            return None
+        return self._session_grants.get((session_id, server, tool))
+
     def forget_session(self, session_id: str) -> None:
         """Drop the session's "approved for this session" grants (session ended)."""
-        self._session_grants = {g for g in self._session_grants if g[0] != session_id}
+        self._session_grants = {g: by for g, by in self._session_grants.items() if g[0] != session_id}
 
     # -- the gateway's side --------------------------------------------------
     async def request(
@@ -154,7 +160,7 @@ class Approvals:
         grant = None
         if resolution.for_session and resolution.approved and pa.call.session_id:
             grant = (pa.call.session_id, pa.call.server, pa.call.tool)
-            self._session_grants.add(grant)
+            self._session_grants[grant] = resolution.by or "console"
         pa.future.set_result(resolution)
         self._bus.publish(
             ApprovalResolved(

@@ -1,15 +1,17 @@
 """The audit log: append-only JSON Lines, one record per decision and completion.
 
-Issue 3 item 9: who called what, what was decided and why. Each record is
-one line of JSON, written with a single `write(2)` on a file opened with
-`O_APPEND` (so lines from several writers never interleave) before `record`
-returns, so it is on its way to disk before the agent gets its answer; with
-`fsync=True` it is also forced to the device.
+Who called what, what was decided and why. Each record is one line of JSON,
+written with a single `write(2)` on a file opened with `O_APPEND` (so lines
+from several writers never interleave) before `record` returns, so it is on
+its way to disk before the agent gets its answer; with `fsync=True` it is
+also forced to the device.
 
 Record fields (absent ones are omitted):
 
 - `kind`: `decision`, `completion`, `policy_reloaded`, `policy_rejected`,
-  `tool_changed` (others are written as given).
+  `tool_changed`, `malformed` (a request refused unread, e.g. a `tools/call`
+  sent as a notification: `method`, `tool`, `arguments`, `grant`,
+  `session`, `message`), others as given.
 - `time` (ISO-8601 UTC, milliseconds, `Z`) and `ts` (epoch seconds).
 - calls: `call_id`, `server`, `tool`, `grant`, `session`, `client`,
   `arguments` (secrets redacted), `decision` (the decision or outcome code:
@@ -19,13 +21,58 @@ Record fields (absent ones are omitted):
   `result_size` (bytes of the result's JSON), `error`.
 - policy: `server`, `path`, `diff` or `errors`, `source`.
 - tools: `server`, `tool`, `old_fingerprint`, `new_fingerprint`.
+- `redacted`, `truncated`: where the record's values were changed (below).
 
-Secrets: values under keys matching `token secret password passwd api_key
-apikey authorization credential private_key` (case-insensitive, anywhere in
-the key, ignoring `_`, `-` and the like: `X-Api-Key`, `apiKey`, `db_password`,
-also `max_tokens`) are replaced by
-`"[redacted]"`, at any depth of the record. Secrets inside free text are not
-detected.
+Secrets. A value is replaced by the string `"[redacted]"`, at any depth of
+the record, when its key looks like it names a secret. The key is folded to
+lower case letters and digits (`X-Api-Key` -> `xapikey`), then matched two
+ways:
+
+- anywhere in the folded key, one of `SECRET_KEYS`: `token secret password
+  passwd passphrase api_key apikey authorization credential private_key
+  access_key cookie bearer ssh_key signing_key encryption_key session_id
+  connection_string csrf xsrf mnemonic seed_phrase` (and the
+  `[gateway] redact_keys` of mcpguard.toml, matched the same way). So
+  `GithubToken`, `client_secret`, `refresh_token`, `access_token`,
+  `session_token`, `aws_access_key_id`, `aws_secret_access_key`,
+  `db_password`, `Set-Cookie`, `privateKey` are redacted, and so, knowingly,
+  are harmless keys that contain a fragment: `max_tokens`, `token_count`,
+  `tokenizer` (a lost number is cheaper than a leaked secret);
+- as the key's last word only (words split at `_`, `-`, `.`, spaces and
+  camelCase), one of `SECRET_LAST_WORDS`: `pem jwt otp totp dsn pwd auth`.
+  These are too short to match anywhere: `cert_pem`, `id_jwt`, `sentryDSN`,
+  `db_pwd`, `basic_auth` are redacted; `pem_path`, `jwt_audience`,
+  `auth_type`, `author`, `deep_embedding` are not.
+
+The key `key` alone is not a secret (MLflow's `set_tag(key=...)`), nor is
+`session` (the record's own MCP session id). Secrets inside free text are
+not detected.
+
+Size. A value of the record (any top-level field: `arguments`, `error`,
+`message`, `diff`, ...) whose encoding is longer than `max_value_bytes`
+(`[gateway] audit_max_value_bytes`, default 64 KiB) is replaced by a marker,
+so a 3.5 MiB argument costs the log a few hundred bytes and a record holds
+at most about `max_value_bytes` per field:
+
+    {"_mcpguard_truncated": true, "form": "json", "bytes": 3670035,
+     "sha256": "<64 hex digits>", "preview": "<the first 256 characters>"}
+
+`form` says what `bytes`, `sha256` and `preview` are about: `"text"` for a
+string value (its UTF-8 bytes, its first characters), `"json"` for any other
+value (the UTF-8 bytes of its compact JSON encoding,
+`json.dumps(value, ensure_ascii=False, separators=(",", ":"))` with keys in
+the order received, after redaction, i.e. exactly the bytes the record
+would have held). The digest is over the redacted value, so it never
+confirms a guess at a secret.
+
+Recognising changed values from the record alone: `redacted` lists the JSON
+Pointers (RFC 6901) of every value replaced by `"[redacted]"`
+(`["/arguments/api_key", "/arguments/headers/Authorization"]`), including
+those inside a value that was then truncated (a replay tool needs them to
+recompute the digest); `truncated` lists the pointers of the values replaced
+by the marker (`["/arguments"]`). A record with neither field has every
+value as received, so an argument that really is the string `"[redacted]"`
+is told apart from a redacted one.
 
 Disk errors never reach the caller: `record` counts them in `errors`, keeps
 the message in `last_error`, logs a warning on the `mcpguard.audit` logger
@@ -35,6 +82,8 @@ on the bus if one was given, and tries to reopen the file on the next record.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import math
@@ -54,6 +103,7 @@ from mcpguard.events import (
     CallReceived,
     Event,
     EventBus,
+    MalformedRequest,
     PolicyRejected,
     PolicyReloaded,
     ToolChanged,
@@ -62,9 +112,21 @@ from mcpguard.events import (
 log = logging.getLogger("mcpguard.audit")
 
 REDACTED = "[redacted]"
-SECRET_KEYS = ("token", "secret", "password", "passwd", "api_key", "apikey", "authorization",
-               "credential", "private_key")
-KINDS = ("decision", "completion", "policy_reloaded", "policy_rejected", "tool_changed")
+SECRET_KEYS = ("token", "secret", "password", "passwd", "passphrase", "api_key", "apikey", "authorization",
+               "credential", "private_key", "access_key", "cookie", "bearer", "ssh_key", "signing_key",
+               "encryption_key", "session_id", "connection_string", "csrf", "xsrf", "mnemonic", "seed_phrase")
+"""Fragments that make a key secret wherever they stand in it (compared folded: lower case, alphanumerics)."""
+SECRET_LAST_WORDS = ("pem", "jwt", "otp", "totp", "dsn", "pwd", "auth")
+"""Words that make a key secret only as its last word (too short to match inside other words)."""
+
+DEFAULT_MAX_VALUE_BYTES = 64 * 1024
+"""Bytes a record's value may take before it is replaced by the truncation marker."""
+MIN_MAX_VALUE_BYTES = 1024
+"""The smallest cap accepted: below it the marker itself would be most of the record."""
+PREVIEW_CHARS = 256
+"""Characters of a truncated value kept in the marker's `preview`."""
+TRUNCATED = "_mcpguard_truncated"
+KINDS = ("decision", "completion", "policy_reloaded", "policy_rejected", "tool_changed", "malformed")
 
 _MAX_PENDING_CALLS = 10_000
 
@@ -79,6 +141,8 @@ class AuditWriteFailed(Event):
 
 
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+_LAST_WORDS = frozenset(SECRET_LAST_WORDS)
 
 
 def _key_pattern(extra: Iterable[str] = ()) -> re.Pattern[str]:
@@ -91,27 +155,91 @@ def _fold(key: str) -> str:
     return _NOT_ALNUM.sub("", key.lower())
 
 
+def _last_word(key: str) -> str:
+    words = _WORD.findall(key)
+    return words[-1].lower() if words else ""
+
+
+def is_secret_key(key: str, extra_keys: Iterable[str] = ()) -> bool:
+    """True when a value under `key` is redacted (see the module docstring for what matches)."""
+    pattern = _key_pattern(extra_keys) if extra_keys else _DEFAULT_PATTERN
+    return _is_secret(key, pattern)
+
+
+def _is_secret(key: Any, pattern: re.Pattern[str]) -> bool:
+    if not isinstance(key, str):
+        return False
+    # records repeat the same few dozen keys, so short ones are remembered; a long key
+    # (an agent's) is not kept alive by the cache
+    return _is_secret_cached(key, pattern) if len(key) <= 64 else _is_secret_str(key, pattern)
+
+
+def _is_secret_str(key: str, pattern: re.Pattern[str]) -> bool:
+    return bool(pattern.search(_fold(key))) or _last_word(key) in _LAST_WORDS
+
+
+_is_secret_cached = functools.lru_cache(maxsize=4096)(_is_secret_str)
+
+
 _DEFAULT_PATTERN = _key_pattern()
 
 
 def redact(obj: Any, extra_keys: Iterable[str] = (), *, _pattern: re.Pattern[str] | None = None) -> Any:
     """A copy of `obj` with the values under secret-looking keys replaced by `"[redacted]"`.
 
-    Walks dicts, lists and tuples at any depth (tuples become lists). A key
-    is secret when it contains one of `SECRET_KEYS` or of `extra_keys`,
-    compared in lower case with everything but letters and digits removed
-    (`X-Api-Key`, `apiKey`, `api_key` all match `api_key`). Non-finite floats become strings (JSON has no NaN).
-    Never mutates `obj`.
+    Walks dicts, lists and tuples at any depth (tuples become lists). Which
+    keys are secret: `SECRET_KEYS` and `extra_keys` anywhere in the key, and
+    `SECRET_LAST_WORDS` as its last word, compared in lower case with
+    everything but letters and digits removed (`X-Api-Key`, `apiKey`,
+    `api_key` all match `api_key`); the module docstring has the whole rule.
+    Non-finite floats become strings (JSON has no NaN). Never mutates `obj`.
     """
     pattern = _pattern or (_key_pattern(extra_keys) if extra_keys else _DEFAULT_PATTERN)
+    return _redact(obj, pattern, "", None)
+
+
+def _redact(obj: Any, pattern: re.Pattern[str], where: str, found: list[str] | None) -> Any:
+    """`redact`, also appending to `found` the JSON Pointer of each value it replaced."""
     if isinstance(obj, dict):
-        return {k: (REDACTED if isinstance(k, str) and pattern.search(_fold(k)) else redact(v, _pattern=pattern))
-                for k, v in obj.items()}
+        out = {}
+        for k, v in obj.items():
+            here = f"{where}/{_pointer_token(k)}" if found is not None else ""
+            if _is_secret(k, pattern):
+                out[k] = REDACTED
+                if found is not None:
+                    found.append(here)
+            else:
+                out[k] = _redact(v, pattern, here, found)
+        return out
     if isinstance(obj, (list, tuple)):
-        return [redact(v, _pattern=pattern) for v in obj]
+        return [_redact(v, pattern, f"{where}/{i}" if found is not None else "", found) for i, v in enumerate(obj)]
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
     return obj
+
+
+def _pointer_token(key: Any) -> str:
+    """One RFC 6901 reference token: `~` as `~0`, `/` as `~1`."""
+    return str(key).replace("~", "~0").replace("/", "~1")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+def truncation_marker(value: Any) -> dict[str, Any]:
+    """The marker that stands for `value` in a record when `value` is too long (module docstring).
+
+    Returns `{"_mcpguard_truncated": True, "form": "text" | "json", "bytes": N,
+    "sha256": hex, "preview": str}`: `bytes` and `sha256` over the UTF-8 of a
+    string itself (`text`) or of any other value's compact JSON (`json`); a
+    lone surrogate, which UTF-8 cannot hold, counts as its `\\uXXXX` escape,
+    as the record writes it.
+    """
+    form, text = ("text", value) if isinstance(value, str) else ("json", _dumps(value))
+    data = text.encode("utf-8", errors="backslashreplace")
+    return {TRUNCATED: True, "form": form, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "preview": text[:PREVIEW_CHARS]}
 
 
 def iso_utc(ts: float) -> str:
@@ -123,7 +251,11 @@ class AuditLog:
     """An append-only JSONL audit log at `path` (parent folders are created).
 
     - `fsync`: also `os.fsync` after each record (slower; survives power loss).
-    - `redact_keys`: extra secret key fragments on top of `SECRET_KEYS`.
+    - `redact_keys`: extra secret key fragments on top of `SECRET_KEYS`
+      (matched anywhere in a key, like them).
+    - `max_value_bytes`: the most bytes one value of a record may take
+      before it is replaced by the truncation marker (default 64 KiB; at
+      least `MIN_MAX_VALUE_BYTES`, else `ValueError`).
     - `bus`: where `AuditWriteFailed` is published on a disk error.
     - `clock`: epoch seconds for records without `ts` (tests pass their own).
 
@@ -137,9 +269,15 @@ class AuditLog:
         *,
         fsync: bool = False,
         redact_keys: Iterable[str] = (),
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         bus: EventBus | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if isinstance(max_value_bytes, bool) or not isinstance(max_value_bytes, int) or \
+                max_value_bytes < MIN_MAX_VALUE_BYTES:
+            raise ValueError(f"max_value_bytes must be a whole number of bytes, {MIN_MAX_VALUE_BYTES} or more, "
+                             f"not {max_value_bytes!r}")
+        self.max_value_bytes = max_value_bytes
         self.path = Path(path)
         self.fsync = fsync
         self.bus = bus
@@ -182,20 +320,32 @@ class AuditLog:
         """Append one record (a JSON object) and flush it before returning.
 
         Adds `time` and `ts` when absent (`ts` from `clock`), redacts
-        secrets (see module docstring) without touching `event`, writes
-        values JSON cannot hold as strings. Returns None; never raises on a
-        disk error (see the module docstring). Records after `close()` reopen
-        the file.
+        secrets and replaces values longer than `max_value_bytes` by the
+        truncation marker (see the module docstring; `redacted` and
+        `truncated` say where) without touching `event`, writes values JSON
+        cannot hold as strings. Returns None; never raises on a disk error
+        (see the module docstring). Records after `close()` reopen the file.
         """
         try:
             ts = event.get("ts")
             if not isinstance(ts, (int, float)):
                 ts = self.clock()
             head = {"kind": event.get("kind"), "time": event.get("time") or iso_utc(ts), "ts": ts}
-            body = redact({k: v for k, v in event.items() if k not in head and v is not None},
-                          _pattern=self._pattern)
-            line = json.dumps({**head, **body}, ensure_ascii=False, default=str, separators=(",", ":"))
-            data = (line + "\n").encode("utf-8")
+            redacted: list[str] = []
+            body = _redact({k: v for k, v in event.items() if k not in head and v is not None},
+                           self._pattern, "", redacted)
+            if redacted:
+                body["redacted"] = redacted
+            data = (_dumps({**head, **body}) + "\n").encode("utf-8", errors="backslashreplace")
+            if len(data) > self.max_value_bytes:  # only then can one value be too long: look at each
+                truncated = []
+                for key, value in body.items():
+                    if len(_dumps(value).encode("utf-8", errors="backslashreplace")) > self.max_value_bytes:
+                        body[key] = truncation_marker(value)
+                        truncated.append(f"/{_pointer_token(key)}")
+                if truncated:
+                    body["truncated"] = truncated
+                    data = (_dumps({**head, **body}) + "\n").encode("utf-8", errors="backslashreplace")
         except Exception as exc:  # a value that cannot be serialised: still never raise
             self._failed(exc)
             return
@@ -258,7 +408,8 @@ class AuditLog:
             self.record({
                 "kind": "completion", "ts": ts, "call_id": event.call_id, "server": event.server,
                 "tool": event.tool, "grant": who.get("grant"), "session": who.get("session"),
-                "client": who.get("client"), "decision": event.outcome, "approver": who.get("approver"),
+                "client": who.get("client"), "decision": event.outcome,
+                "approver": event.approver or who.get("approver"),
                 "duration_ms": round(event.duration_ms, 3), "is_error": event.is_error,
                 "result_size": event.result_size, "error": event.error,
             })
@@ -268,6 +419,10 @@ class AuditLog:
         elif isinstance(event, PolicyRejected):
             self.record({"kind": "policy_rejected", "ts": ts, "server": event.server, "path": event.path,
                          "errors": list(event.errors)})
+        elif isinstance(event, MalformedRequest):
+            self.record({"kind": "malformed", "ts": ts, "server": event.server, "method": event.method,
+                         "tool": event.tool, "arguments": event.arguments, "grant": event.grant,
+                         "session": event.session_id, "decision": event.code, "message": event.reason})
         elif isinstance(event, ToolChanged):
             self.record({"kind": "tool_changed", "ts": ts, "server": event.server, "tool": event.tool,
                          "old_fingerprint": event.old_fingerprint, "new_fingerprint": event.new_fingerprint})

@@ -7,10 +7,14 @@ port = 8765                       # 0: any free port
 url_file = ".mcpguard/url"        # where the listen URL is written
 audit_log = ".mcpguard/audit.jsonl"
 audit_fsync = false               # fsync each audit record (slower)
-redact_keys = []                  # extra secret key fragments for the audit log
+redact_keys = []                  # extra secret key fragments for the audit log (matched anywhere in a key)
+audit_max_value_bytes = 65536     # a longer audit value (arguments, error, ...) is kept as size, sha256, preview
 headless_approvals = "deny"       # "deny" | "wait": approvals with no console attached
 call_timeout = "60s"              # per-call upstream timeout
 allowed_origins = []              # extra Origin values accepted (DNS rebinding checks)
+max_sessions = 1000               # default cap of open agent sessions per server (see below)
+session_idle_timeout = "10m"      # an agent session with no request for this long is closed
+request_read_timeout = "10s"      # a connection must send a whole request within this, else it is closed
 
 [console]
 theme = "mcpguard-dark"
@@ -24,6 +28,8 @@ env = { MLFLOW_TRACKING_URI = "${MLFLOW_TRACKING_URI}" }
 cwd = "."
 stderr_log = ".mcpguard/logs/mlflow.stderr.log"
 call_timeout = "30s"
+upstream_sessions = "shared"      # "per_session" (default) | "shared": see below
+max_sessions = 100                # overrides [gateway] max_sessions for this server
 
 [servers.other]                   # Streamable HTTP upstream
 url = "http://127.0.0.1:9000/mcp"
@@ -46,6 +52,15 @@ Rules:
 - A grant's token is read from `token_env` at load time and only its SHA-256
   digest is kept; `GrantConfig.matches` compares digests in constant time.
   Tokens appear in no repr, message or log.
+- `upstream_sessions`: a handshake-era upstream may keep state per session,
+  so by default (`per_session`) each agent session gets its own upstream
+  session (for stdio, its own process); `shared` serves every agent through
+  one upstream session. A 2026-07-28 upstream is stateless and always shared.
+- `max_sessions`: agent sessions open at once per server (a request that
+  would open one more gets HTTP 503); default `[gateway] max_sessions`,
+  else 1000 for a shared server and 16 for a `per_session` one (each of
+  those is an upstream process). `session_idle_timeout` closes sessions
+  that sent nothing for that long (default 10 minutes).
 - Unknown keys are errors. Every problem is reported at once in a
   `ConfigError`, each as `file:line: key: message`.
 """
@@ -65,10 +80,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 
+from mcpguard.audit import DEFAULT_MAX_VALUE_BYTES as DEFAULT_AUDIT_MAX_VALUE_BYTES
+from mcpguard.audit import MIN_MAX_VALUE_BYTES as MIN_AUDIT_MAX_VALUE_BYTES
 from mcpguard.durations import parse_duration
 
 DEFAULT_PORT = 8765
 HEADLESS_APPROVALS = ("deny", "wait")
+UPSTREAM_SESSIONS = ("per_session", "shared")
+#: agent sessions a server holds at once when neither it nor [gateway] says: shared
+#: sessions cost some kilobytes each, per_session ones an upstream process each
+DEFAULT_MAX_SESSIONS = {"shared": 1000, "per_session": 16}
+DEFAULT_SESSION_IDLE_TIMEOUT_S = 600.0
+DEFAULT_REQUEST_READ_TIMEOUT_S = 10.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -111,11 +134,20 @@ class GatewayConfig:
 
     `host`/`port` (0: any free port); `url_file`, `audit_log`: absolute
     paths or None (off); `audit_fsync`; `redact_keys` (extra audit secret
-    key fragments); `headless_approvals` `deny` | `wait` (what a call that
+    key fragments, matched anywhere in a key, on top of
+    `mcpguard.audit.SECRET_KEYS`); `audit_max_value_bytes` (bytes one value
+    of an audit record may take, 1024 or more, default 65536; a longer one
+    is recorded as its size, SHA-256 and a preview, see `mcpguard.audit`);
+    `headless_approvals` `deny` | `wait` (what a call that
     needs approval gets when no console is attached); `call_timeout_s`
     (seconds, per upstream call); `allowed_origins` (extra `Origin` values
     accepted besides loopback ones, MCP 2025-06-18, Streamable HTTP
-    §Security Warning: servers must validate Origin against DNS rebinding).
+    §Security Warning: servers must validate Origin against DNS rebinding);
+    `max_sessions` (the servers' default cap of open agent sessions, None:
+    each server's own default), `session_idle_timeout_s` (seconds),
+    `request_read_timeout_s` (seconds a connection may take to send a whole
+    request, head and body, before it is closed; also how long an idle
+    connection is kept).
     """
 
     host: str = "127.0.0.1"
@@ -124,9 +156,13 @@ class GatewayConfig:
     audit_log: Path | None = None
     audit_fsync: bool = False
     redact_keys: tuple[str, ...] = ()
+    audit_max_value_bytes: int = DEFAULT_AUDIT_MAX_VALUE_BYTES
     headless_approvals: str = "deny"
     call_timeout_s: float = 60.0
     allowed_origins: tuple[str, ...] = ()
+    max_sessions: int | None = None
+    session_idle_timeout_s: float = DEFAULT_SESSION_IDLE_TIMEOUT_S
+    request_read_timeout_s: float = DEFAULT_REQUEST_READ_TIMEOUT_S
 
     @property
     def loopback(self) -> bool:
@@ -150,7 +186,9 @@ class ServerConfig:
     or `http` (Streamable HTTP: `url`, `headers`). `policy` is the policy
     file's absolute path or None (no policy: every call is denied).
     `call_timeout_s` is this server's per-call timeout in seconds (the
-    gateway's when not set). Paths are absolute; `env` and `headers` values
+    gateway's when not set). `upstream_sessions` is `per_session` or
+    `shared`; `max_sessions` the cap of open agent sessions (resolved:
+    never None); `session_idle_timeout_s` seconds. Paths are absolute; `env` and `headers` values
     are expanded (and left out of the repr: they may hold credentials). The
     policy file is not read here: a missing or bad one is the policy
     loader's error, reported per server by the gateway.
@@ -167,6 +205,9 @@ class ServerConfig:
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     policy: Path | None = None
     call_timeout_s: float = 60.0
+    upstream_sessions: str = "per_session"
+    max_sessions: int = DEFAULT_MAX_SESSIONS["per_session"]
+    session_idle_timeout_s: float = DEFAULT_SESSION_IDLE_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,12 +319,14 @@ def parse_config(text: str, path: str | os.PathLike[str] = "mcpguard.toml", *,
 
 # -- validation ----------------------------------------------------------------------------
 
-_GATEWAY_KEYS = ("host", "port", "url_file", "audit_log", "audit_fsync", "redact_keys", "headless_approvals",
-                 "call_timeout", "allowed_origins")
+_GATEWAY_KEYS = ("host", "port", "url_file", "audit_log", "audit_fsync", "redact_keys", "audit_max_value_bytes",
+                 "headless_approvals", "call_timeout", "allowed_origins", "max_sessions", "session_idle_timeout",
+                 "request_read_timeout")
 _CONSOLE_KEYS = ("theme", "max_rows")
 _STDIO_KEYS = ("command", "args", "env", "cwd", "stderr_log")
 _HTTP_KEYS = ("url", "headers")
-_SERVER_KEYS = ("name", "policy", "call_timeout", *_STDIO_KEYS, *_HTTP_KEYS)
+_SERVER_KEYS = ("name", "policy", "call_timeout", "upstream_sessions", "max_sessions", "session_idle_timeout",
+                *_STDIO_KEYS, *_HTTP_KEYS)
 _GRANT_KEYS = ("token_env", "token_sha256")
 _MISSING = object()
 
@@ -359,6 +402,15 @@ class _Builder:
             return default
         return seconds
 
+    def count(self, table: Mapping[str, Any], path: tuple[str, ...], key: str, what: str) -> int | None:
+        v = table.get(key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            self.err((*path, key), f"must be a whole number of {what}, 1 or more, not {v!r}")
+            return None
+        return v
+
     def path_of(self, table: Mapping[str, Any], path: tuple[str, ...], key: str, default: str | None) -> Path | None:
         v = table.get(key, _MISSING)
         if v is _MISSING or v is None:
@@ -414,7 +466,7 @@ class _Builder:
         console = self.console(self.table(data.get("console", _MISSING), ("console",)) or {})
         servers: dict[str, ServerConfig] = {}
         for name, entry in (self.table(data.get("servers", _MISSING), ("servers",)) or {}).items():
-            server = self.server(str(name), entry, gateway.call_timeout_s)
+            server = self.server(str(name), entry, gateway)
             if server is not None:
                 servers[server.name] = server
         grants: dict[str, GrantConfig] = {}
@@ -439,6 +491,12 @@ class _Builder:
         if not isinstance(fsync, bool):
             self.err((*P, "audit_fsync"), "must be true or false")
             fsync = False
+        cap = t.get("audit_max_value_bytes", DEFAULT_AUDIT_MAX_VALUE_BYTES)
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < MIN_AUDIT_MAX_VALUE_BYTES:
+            self.err((*P, "audit_max_value_bytes"),
+                     f"must be a whole number of bytes, {MIN_AUDIT_MAX_VALUE_BYTES} or more "
+                     f"(65536 is 64 KiB), not {cap!r}")
+            cap = DEFAULT_AUDIT_MAX_VALUE_BYTES
         headless = self.string(t, P, "headless_approvals", "deny")
         if headless not in HEADLESS_APPROVALS:
             self.err((*P, "headless_approvals"), f"{headless!r} is not one of deny, wait")
@@ -456,9 +514,13 @@ class _Builder:
             audit_log=self.path_of(t, P, "audit_log", ".mcpguard/audit.jsonl"),
             audit_fsync=fsync,
             redact_keys=self.strings(t, P, "redact_keys"),
+            audit_max_value_bytes=cap,
             headless_approvals=headless,
             call_timeout_s=self.duration(t, P, "call_timeout", 60.0),
             allowed_origins=tuple(o.rstrip("/") for o in origins),
+            max_sessions=self.count(t, P, "max_sessions", "sessions"),
+            session_idle_timeout_s=self.duration(t, P, "session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT_S),
+            request_read_timeout_s=self.duration(t, P, "request_read_timeout", DEFAULT_REQUEST_READ_TIMEOUT_S),
         )
 
     def console(self, t: dict[str, Any]) -> ConsoleConfig:
@@ -470,7 +532,7 @@ class _Builder:
             rows = 2000
         return ConsoleConfig(theme=self.string(t, P, "theme", "mcpguard-dark"), max_rows=rows)
 
-    def server(self, name: str, entry: Any, default_timeout: float) -> ServerConfig | None:
+    def server(self, name: str, entry: Any, gateway: GatewayConfig) -> ServerConfig | None:
         P = ("servers", name)
         n0 = len(self.issues)
         if not _NAME.match(name):
@@ -505,6 +567,12 @@ class _Builder:
         if cwd is not None and cwd.exists() and not cwd.is_dir():
             self.err((*P, "cwd"), f"{cwd} is not a folder")
         policy = self.path_of(t, P, "policy", None)
+        sessions = self.string(t, P, "upstream_sessions", "per_session")
+        if sessions not in UPSTREAM_SESSIONS:
+            self.err((*P, "upstream_sessions"), f"{sessions!r} is not one of per_session, shared")
+            sessions = "per_session"
+        max_sessions = self.count(t, P, "max_sessions", "sessions") or gateway.max_sessions or DEFAULT_MAX_SESSIONS[
+            sessions]
         server = ServerConfig(
             name=name,
             transport=transport,
@@ -517,7 +585,10 @@ class _Builder:
             url=url,
             headers=self.mapping(t, P, "headers"),
             policy=policy,
-            call_timeout_s=self.duration(t, P, "call_timeout", default_timeout),
+            call_timeout_s=self.duration(t, P, "call_timeout", gateway.call_timeout_s),
+            upstream_sessions=sessions,
+            max_sessions=max_sessions,
+            session_idle_timeout_s=self.duration(t, P, "session_idle_timeout", gateway.session_idle_timeout_s),
         )
         return server if len(self.issues) == n0 else None
 

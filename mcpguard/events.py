@@ -4,7 +4,7 @@ The core publishes; listeners (the console, tests, a future remote console)
 subscribe. Publishing never blocks and never awaits: each subscriber has a
 bounded queue, and a subscriber that falls behind loses the newest events and
 is told how many with an `EventsDropped` before its next event. A slow
-listener therefore never slows the proxy (design §4, issue 3 item 8).
+listener therefore never slows the proxy.
 
 All times are wall-clock seconds since the epoch (`time.time()`); durations
 are in milliseconds where the name says `_ms`, else seconds.
@@ -121,7 +121,10 @@ class CallCompleted(Event):
     `outcome` is the final code: `allowed`, `approved`, or a denial code
     (`policy_denied`, `rate_limited`, `approval_denied`, `approval_timeout`,
     `policy_changed`, `hidden`, `upstream_error`, `upstream_timeout`).
-    `result` is the `CallToolResult` as a JSON object, or None.
+    `result` is the `CallToolResult` as a JSON object, or None. `approver`
+    names who let it through or refused it while it waited (`console`,
+    `policy`, `timeout`, ...), also when a tool was approved for the
+    session earlier; None when no one was asked.
     """
 
     call_id: str
@@ -133,6 +136,7 @@ class CallCompleted(Event):
     result_size: int = 0
     result: dict[str, Any] | None = None
     error: str | None = None
+    approver: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +192,24 @@ class ToolChanged(Event):
     tool: str
     old_fingerprint: str
     new_fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedRequest(Event):
+    """A message the gateway refused before any decision, e.g. a request method sent as a notification.
+
+    It is never forwarded. `method` as sent; `tool` and `arguments` when it
+    was a `tools/call`; `code` is `malformed`.
+    """
+
+    server: str
+    method: str
+    reason: str
+    grant: str
+    session_id: str | None = None
+    tool: str | None = None
+    arguments: dict[str, Any] | None = None
+    code: str = "malformed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +285,11 @@ class EventBus:
         self._subs: set[Subscription] = set()
         self._listeners: list[Callable[[Event], None]] = []
         self.listener_errors = 0
+
+    @property
+    def listened(self) -> bool:
+        """True when anyone subscribes or listens (events are then worth building)."""
+        return bool(self._subs or self._listeners)
 
     def subscribe(self, maxsize: int = 10_000) -> Subscription:
         """A new subscription holding at most `maxsize` undelivered events."""

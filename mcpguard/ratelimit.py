@@ -5,7 +5,7 @@ A policy limit (`mcpguard.policy.Limit`) names a counter, a window
 `max` (calls per window) and a scope (`grant session client server global`).
 The counter's *name* is its identity: every limit that names the same counter
 (in one tool, in several tools, or in `all_tools.limits`) shares one log of
-admission times per scope key (design §3).
+admission times per scope key.
 
 Semantics (sliding window log): a counter never admits more than `max` calls
 in any half-open interval `[t, t + window_s)`. An admission at time `t` stops
@@ -13,7 +13,7 @@ counting at `t + window_s`. This holds also when many asyncio callers race:
 `try_consume` checks every limit of the call and records the admission with no
 `await` in between, so no other coroutine can interleave.
 
-Check and consume are separate steps (issue 2 item 4): the policy's pure
+Check and consume are separate steps: the policy's pure
 `evaluate` calls `check`; the gateway calls `try_consume` as it forwards the
 call (after any approval), and a call whose slot was taken meanwhile is
 rate-limited then.

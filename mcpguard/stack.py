@@ -17,23 +17,38 @@ Three parts, all outside mcpguard's own virtual environment:
 `mlflow_server_config(uri, ...)` gives the `[servers.mlflow]` stdio upstream
 that runs `mlflow-mcp` against that tracking server.
 
+Installing the environment takes a minute or more, much of it with pip
+quiet (resolving, then unpacking some 85 packages). `run_with_progress`
+keeps it visibly alive: pip's own lines as they come (what it collects,
+downloads, installs), and when nothing was shown for a while a heartbeat
+line with the seconds elapsed and what pip is doing (the download's bytes
+from pip's `--progress-bar raw`, the packages installed so far). Every line
+goes through the `log` callable (stderr by default) as plain text, no
+carriage returns or escapes, and heartbeats come every 3 s on a terminal,
+every 10 s otherwise (a CI log gets a few lines a minute).
+
 The core never imports textual or rich; neither does this module.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import fcntl
 import json
 import os
+import queue
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +70,7 @@ DEMO_EXPERIMENT = "mcpguard-demo"
 DEMO_MODEL = "mcpguard-demo-model"
 
 # What mlflow-mcp needs so a failing call fails in seconds, not after
-# minutes of MLflow's own retries (issue 3, "The real stack").
+# minutes of MLflow's own retries.
 MLFLOW_MCP_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
@@ -137,10 +152,12 @@ def ensure_mlflow_env(home: str | os.PathLike[str] | None = None, *, log=None) -
             _run_logged([sys.executable, "-m", "venv", str(env_dir)], say)
             py = env_dir / "bin" / "python"
             pip = [str(py), "-m", "pip", "--disable-pip-version-check"]
-            install = [*pip, "install", "--progress-bar", "off"]
-            _run_logged([*install, "--upgrade", "pip"], say, quiet=True)
+            # the venv's own pip predates --progress-bar raw (pip 24.1): off until it is upgraded
+            _run_logged([*pip, "install", "--progress-bar", "off", "--upgrade", "pip"], say, quiet=True)
+            site = _site_packages(env_dir)
+            bar = "raw" if _pip_version(site) >= (24, 1) else "off"
             say(f"installing {' '.join(_REQUIREMENTS)}")
-            _run_logged([*install, *_REQUIREMENTS], say)
+            _run_logged([*pip, "install", "--progress-bar", bar, *_REQUIREMENTS], say, site_packages=site)
             if not (env_dir / "bin" / "mlflow-mcp").exists():
                 raise StackError(f"pip finished but {env_dir}/bin/mlflow-mcp is missing")
             (env_dir / _STAMP).write_text(_stamp_text())
@@ -150,19 +167,194 @@ def ensure_mlflow_env(home: str | os.PathLike[str] | None = None, *, log=None) -
     return env_dir
 
 
-def _run_logged(cmd: list[str], say, *, quiet: bool = False) -> None:
-    """Run `cmd`, passing its output lines to `say` (only the lines that matter)."""
+def _run_logged(cmd: list[str], say: Callable[[str], Any], *, quiet: bool = False,
+                site_packages: Path | None = None) -> None:
+    """One install step of `ensure_mlflow_env` (`run_with_progress`; tests replace it)."""
+    run_with_progress(cmd, say, quiet=quiet, site_packages=site_packages)
+
+
+def _site_packages(env_dir: Path) -> Path | None:
+    found = sorted((env_dir / "lib").glob("python*/site-packages"))
+    return found[0] if found else None
+
+
+def _pip_version(site_packages: Path | None) -> tuple[int, ...]:
+    """The version of the pip installed in `site_packages`, from its dist-info folder; () if unknown."""
+    if site_packages is None:
+        return ()
+    for info in site_packages.glob("pip-*.dist-info"):
+        m = re.match(r"pip-(\d+(?:\.\d+)*)", info.name)
+        if m:
+            return tuple(int(x) for x in m.group(1).split("."))
+    return ()
+
+
+HEARTBEAT_TTY_S = 3.0
+"""Seconds without a shown line before a heartbeat, when stderr is a terminal."""
+HEARTBEAT_S = 10.0
+"""The same when stderr is not a terminal (CI logs): fewer lines, same facts."""
+
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def _size(n: float) -> str:
+    """Bytes as pip writes them: `30.1 MB`, `52 kB`, `512 bytes` (powers of 1000)."""
+    if n >= 1000 * 1000:
+        return f"{n / 1e6:.1f} MB"
+    if n >= 10 * 1000:
+        return f"{n / 1000:.0f} kB"
+    return f"{n:.0f} bytes"
+
+
+class PipOutput:
+    """Reads pip's output line by line: what to show a person, and what pip is doing now.
+
+    `feed(line)` returns the line to show (shortened: `Collecting alembic`
+    without its `(from ...)`, `Processing six-1.17.0-py2.py3-none-any.whl`
+    without its folder, long package lists cut with their count) or None for lines that say nothing new (`Requirement
+    already satisfied`, `Progress N of M` from `--progress-bar raw`, which
+    only feeds `activity`). `activity()` is a short phrase for a heartbeat:
+    the running download's bytes, the packages installed so far (dist-info
+    folders that appeared in `site_packages` since pip said it was
+    installing), or the last line shown.
+    """
+
+    _SHOW = ("Collecting", "Downloading", "Processing", "Building", "Installing", "Successfully", "ERROR",
+             "WARNING", "error:")
+
+    def __init__(self, site_packages: Path | None = None) -> None:
+        self.site_packages = site_packages
+        self.last = ""
+        self._file = ""
+        self._got: tuple[int, int] | None = None  # (bytes so far, total or 0) of the running download
+        self._installing: int | None = None  # how many packages pip said it installs
+        self._installed_before = 0
+
+    def feed(self, line: str) -> str | None:
+        line = _ESCAPES.sub("", line).rsplit("\r", 1)[-1].rstrip()
+        text = line.strip()
+        m = re.fullmatch(r"Progress (\d+) of (\d+)", text)
+        if m:
+            self._got = (int(m.group(1)), int(m.group(2)))
+            return None
+        if not text.startswith(self._SHOW):
+            return None
+        if text.startswith(("Collecting", "Processing")):
+            text = text.split(" (from ", 1)[0]  # which package wanted it: long, and not news to a person
+        if text.startswith("Downloading"):
+            self._file, self._got = text.split()[1].rsplit("/", 1)[-1], None
+        elif text.startswith("Processing"):
+            text = "Processing " + text.split(" ", 1)[-1].rstrip("/").rsplit("/", 1)[-1]
+        elif text.startswith("Installing collected packages:"):
+            names = [n for n in text.split(":", 1)[1].split(",") if n.strip()]
+            self._installing, self._installed_before = len(names), self._count_installed()
+            self._got = None
+            if len(text) > 120:
+                text = f"{text[:110].rsplit(',', 1)[0]}, ... ({len(names)} packages)"
+        elif text.startswith("Successfully installed") and len(text) > 120:
+            text = f"{text[:110].rsplit(' ', 1)[0]} ... ({len(text.split()) - 2} packages)"
+        self.last = text
+        return text
+
+    def _count_installed(self) -> int:
+        if self.site_packages is None:
+            return 0
+        try:
+            return sum(1 for _ in self.site_packages.glob("*.dist-info"))
+        except OSError:
+            return 0
+
+    def activity(self) -> str:
+        """What pip is doing, as far as its output and the site-packages folder tell."""
+        if self._got is not None and self._file:
+            got, total = self._got
+            return f"downloading {self._file}, {_size(got)}" + (f" of {_size(total)}" if total else "")
+        if self._installing is not None:
+            done = max(0, min(self._count_installed() - self._installed_before, self._installing))
+            counted = f", {done} done" if self.site_packages is not None else ""
+            return f"installing {self._installing} packages{counted}"
+        return f"still working (last: {self.last})" if self.last else "still working"
+
+
+def run_with_progress(
+    cmd: list[str],
+    say: Callable[[str], Any],
+    *,
+    quiet: bool = False,
+    heartbeat_s: float | None = None,
+    site_packages: Path | None = None,
+    tail_lines: int = 30,
+) -> None:
+    """Run `cmd` (pip, or anything that writes lines) and keep a person told, through `say`.
+
+    `say` gets `$ <cmd>`, then the lines of the command's output that
+    `PipOutput` shows (none with `quiet`), each as it comes, indented; when
+    no line was shown for `heartbeat_s` seconds (default 3 s if stderr is a
+    terminal, else 10 s), a heartbeat `  ... <n> s: <what pip is doing>`,
+    `n` being whole seconds since the command started. The command's
+    stdout and stderr are read together, line by line, on a thread, so a
+    silent command never blocks the heartbeat. `site_packages` lets the
+    heartbeat count installed packages.
+
+    Returns when the command exits 0. Raises `StackError` with the last
+    `tail_lines` lines of its output when it exits otherwise, or OSError when
+    it cannot start. If `say` raises (or Ctrl-C arrives), the command is
+    killed before the exception goes on.
+    """
+    if heartbeat_s is None:
+        heartbeat_s = HEARTBEAT_TTY_S if _stderr_is_tty() else HEARTBEAT_S
     say("$ " + " ".join(cmd))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    tail: list[str] = []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, errors="replace", bufsize=1, env=env)
     assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        tail = (tail + [line])[-30:]
-        if not quiet and line.startswith(("Collecting", "Installing", "Successfully", "ERROR")) and "(from " not in line:
-            say("  " + line)
-    if proc.wait() != 0:
-        raise StackError(f"{cmd[0]} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+
+    def pump(stream: Any) -> None:
+        try:
+            for line in stream:
+                lines.put(line)
+        finally:
+            lines.put(None)
+
+    reader = threading.Thread(target=pump, args=(proc.stdout,), name="mcpguard-pip-output", daemon=True)
+    reader.start()
+    watch = PipOutput(site_packages)
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    started = shown_at = time.monotonic()
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=max(0.01, shown_at + heartbeat_s - time.monotonic()))
+            except queue.Empty:
+                say(f"  ... {time.monotonic() - started:.0f} s: {watch.activity()}")
+                shown_at = time.monotonic()
+                continue
+            if line is None:
+                break
+            tail.append(line.rstrip("\r\n"))
+            text = watch.feed(line)
+            if text and not quiet:
+                say("  " + text)
+                shown_at = time.monotonic()
+        code = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        reader.join(timeout=5)  # at end of output already, unless a grandchild still holds the pipe
+        if not reader.is_alive():
+            proc.stdout.close()
+    if code != 0:
+        raise StackError(f"{cmd[0]} failed (exit {code}):\n" + "\n".join(tail))
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
 
 
 def _env_dir(env_dir: str | os.PathLike[str] | None) -> Path:
@@ -542,7 +734,9 @@ def mlflow_server_config(
     written into a TOML file or handed to the config module's loader. `env`
     holds `MLFLOW_TRACKING_URI` and `MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`,
     `MLFLOW_HTTP_REQUEST_TIMEOUT=10` (else MLflow's retries hold a failing
-    call for minutes). Does not check that `uri` answers.
+    call for minutes). `upstream_sessions` is `shared`: `mlflow-mcp` keeps
+    no state per session, so every agent can use one process. Does not
+    check that `uri` answers.
 
     Raises `StackError` when the MLflow environment is not installed.
     """
@@ -555,6 +749,7 @@ def mlflow_server_config(
         "cwd": None,
         "stderr_log": str(stderr_log) if stderr_log else None,
         "policy": str(policy) if policy else None,
+        "upstream_sessions": "shared",
     }
     return entry
 

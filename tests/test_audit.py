@@ -171,7 +171,7 @@ def test_read_audit_skips_a_torn_last_line_and_names_a_bad_one(tmp_path):
 
 
 async def test_attached_to_the_bus_it_records_decisions_and_completions(tmp_path):
-    """The core's own events and approvals, through a real bus, make the records of issue 3 item 9."""
+    """The core's own events and approvals, through a real bus, make one record per decision and completion."""
     path = tmp_path / "audit.jsonl"
     bus = EventBus()
     audit = AuditLog(path)
@@ -228,3 +228,118 @@ def test_record_event_writes_policy_events_when_asked(tmp_path):
         bus.publish(PolicyRejected(server="mlflow", path="p.toml", errors=("p.toml:3:7: bad window",)))
     kinds = [(r["kind"], r.get("errors")) for r in read_audit(path)]
     assert kinds == [("policy_reloaded", None), ("policy_rejected", ["p.toml:3:7: bad window"])]
+
+
+# ---- size caps: a value longer than max_value_bytes is kept as size, digest and preview
+
+
+def _compact(value) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def test_a_huge_argument_and_error_are_capped_with_size_digest_and_preview(tmp_path):
+    import hashlib
+
+    path = tmp_path / "a.jsonl"
+    blob = "".join(f"{i:08x}" for i in range((7 * 1024 * 1024 // 2) // 8))  # 3.5 MiB of distinct text
+    args = {"run_id": "r1", "blob": blob}
+    error = "upstream said: " + "é" * 100_000  # 200 KB of UTF-8 in 100,015 characters
+    with AuditLog(path) as audit:
+        audit.record({"kind": "decision", "call_id": "c1", "server": "mlflow", "tool": "log_artifact",
+                      "arguments": args, "decision": "allowed", "message": "ok", "error": error})
+    line = path.read_bytes()
+    assert len(line) < 2 * 1024  # 3.7 MB given
+    rec = read_audit(path)[0]
+    whole = _compact(args)
+    assert rec["arguments"] == {"_mcpguard_truncated": True, "form": "json", "bytes": len(whole),
+                                "sha256": hashlib.sha256(whole).hexdigest(), "preview": whole.decode()[:256]}
+    assert rec["arguments"]["bytes"] > 3.5 * 1024 * 1024
+    text = error.encode("utf-8")
+    assert rec["error"] == {"_mcpguard_truncated": True, "form": "text", "bytes": len(text),
+                            "sha256": hashlib.sha256(text).hexdigest(), "preview": error[:256]}
+    assert rec["truncated"] == ["/arguments", "/error"] and "redacted" not in rec
+    # the rest of the record as given
+    assert {k: rec[k] for k in ("kind", "call_id", "server", "tool", "decision", "message")} == {
+        "kind": "decision", "call_id": "c1", "server": "mlflow", "tool": "log_artifact", "decision": "allowed",
+        "message": "ok"}
+    assert args["blob"] is blob  # the caller's value untouched
+
+
+def test_the_digest_of_a_capped_value_is_over_its_redacted_form(tmp_path):
+    import hashlib
+
+    path = tmp_path / "a.jsonl"
+    args = {"api_key": "sk-live-123", "rows": [{"id": i, "v": "x" * 40} for i in range(200)]}
+    with AuditLog(path, max_value_bytes=4096) as audit:
+        audit.record({"kind": "decision", "arguments": args})
+    assert "sk-live-123" not in path.read_text()
+    rec = read_audit(path)[0]
+    assert rec["redacted"] == ["/arguments/api_key"] and rec["truncated"] == ["/arguments"]
+    shown = _compact({**args, "api_key": REDACTED})
+    assert (rec["arguments"]["bytes"], rec["arguments"]["sha256"]) == (len(shown), hashlib.sha256(shown).hexdigest())
+
+
+def test_a_value_within_the_cap_is_kept_whole_and_the_cap_is_checked(tmp_path):
+    path = tmp_path / "a.jsonl"
+    with AuditLog(path, max_value_bytes=4096) as audit:
+        audit.record({"kind": "decision", "arguments": {"text": "y" * 4000}})  # 4011 bytes of JSON
+        audit.record({"kind": "decision", "arguments": {"text": "y" * 4100}})
+    kept, capped = read_audit(path)
+    assert kept["arguments"] == {"text": "y" * 4000} and "truncated" not in kept
+    assert capped["arguments"]["_mcpguard_truncated"] is True and capped["truncated"] == ["/arguments"]
+    for bad in (0, 1023, True, 4096.0):
+        with pytest.raises(ValueError, match="max_value_bytes must be a whole number of bytes, 1024 or more"):
+            AuditLog(tmp_path / "b.jsonl", max_value_bytes=bad)
+    assert not (tmp_path / "b.jsonl").exists()
+
+
+async def test_a_35_mib_argument_through_the_gateway_makes_a_small_record(tmp_path):
+    """The gateway's audit log under its default cap: the call is decided as ever, the log gets a marker."""
+    from upstreams.harness import client, everything_server, make_config, running
+
+    audit_path = tmp_path / "audit.jsonl"
+    policy = 'version = "1"\ndefault = "allow"\n[tools.delete_thing]\naction = "deny"\n'
+    cfg = make_config(tmp_path, [everything_server("ev", tmp_path, policy)], audit_log=str(audit_path))
+    thing = "z" * (7 * 1024 * 1024 // 2)
+    async with running(cfg) as gw, client(gw.url("ev")) as s:
+        res = await s.call_tool("delete_thing", {"id": thing})
+        assert res.is_error and res.meta["mcpguard/decision"]["code"] == "policy_denied"
+    lines = audit_path.read_bytes().splitlines()
+    assert lines and max(len(line) for line in lines) < 4 * 1024
+    (decision,) = [r for r in read_audit(audit_path) if r["kind"] == "decision"]
+    assert decision["truncated"] == ["/arguments"] and decision["decision"] == "policy_denied"
+    assert decision["arguments"]["bytes"] == len(_compact({"id": thing}))
+
+
+# ---- which keys are secret
+
+
+@pytest.mark.parametrize("key", [
+    "passphrase", "Cookie", "Set-Cookie", "session_token", "sessionId", "jwt", "id_jwt", "aws_access_key_id",
+    "AWS_SECRET_ACCESS_KEY", "private_key", "client_secret", "refresh_token", "accessToken", "bearer",
+    "ssh_key", "pem", "cert_pem", "certPEM", "sentryDSN", "dsn", "db_pwd", "basic_auth", "auth", "otp", "totp",
+    "x-csrf", "connection_string", "mnemonic", "seed_phrase", "signing_key", "encryptionKey", "X-Auth-Token",
+])
+def test_secret_keys_are_redacted(key):
+    assert redact({key: "s3cr3t", "name": "n"}) == {key: REDACTED, "name": "n"}
+
+
+@pytest.mark.parametrize("key", [
+    "key", "value", "name", "session", "author", "auth_type", "authority", "pem_path", "jwt_audience",
+    "deep_embedding", "stop_empty", "group_embedding", "description", "run_id", "keyword", "otp_length",
+    "dsn_name", "passes", "experiment_id", "tag_key",
+])
+def test_keys_that_only_look_alike_are_kept(key):
+    assert redact({key: "v"}) == {key: "v"}
+
+
+def test_records_say_where_they_were_redacted(tmp_path):
+    path = tmp_path / "a.jsonl"
+    with AuditLog(path) as audit:
+        audit.record({"kind": "decision", "arguments": {
+            "headers": {"Authorization": "Bearer x"}, "a/b~c": {"token": 1}, "list": [{"ok": 1}, {"password": 2}]}})
+        audit.record({"kind": "decision", "arguments": {"note": REDACTED}})  # an agent that sent the word itself
+    first, second = read_audit(path)
+    assert first["redacted"] == ["/arguments/headers/Authorization", "/arguments/a~1b~0c/token",
+                                 "/arguments/list/1/password"]
+    assert second["arguments"] == {"note": REDACTED} and "redacted" not in second

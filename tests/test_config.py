@@ -6,6 +6,7 @@ import hashlib
 import os
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -182,7 +183,8 @@ def test_every_problem_at_once_with_line_and_key(tmp_path):
     assert got == [
         ":37: extra: unknown key (known: gateway, console, servers, grants)",
         ":2: gateway.hots: unknown key (known: host, port, url_file, audit_log, audit_fsync, redact_keys, "
-        "headless_approvals, call_timeout, allowed_origins)",
+        "audit_max_value_bytes, headless_approvals, call_timeout, allowed_origins, max_sessions, session_idle_timeout, "
+        "request_read_timeout)",
         ":3: gateway.port: must be a port number 0-65535 (0: any free port), not 70000",
         ":4: gateway.headless_approvals: 'ask' is not one of deny, wait",
         ":6: gateway.allowed_origins: item 0: 'console.example.com' is not an origin like "
@@ -218,6 +220,16 @@ def test_wrong_types_are_named(tmp_path):
         ":4: servers.s.args: must be a list of strings",
         ":5: servers.s.env.A: must be a string, not a boolean",
     ]
+
+
+def test_the_audit_value_cap(tmp_path):
+    assert load_config(write(tmp_path, ""), environ={}).gateway.audit_max_value_bytes == 65536
+    cfg = load_config(write(tmp_path, "[gateway]\naudit_max_value_bytes = 4096\n"), environ={})
+    assert cfg.gateway.audit_max_value_bytes == 4096
+    for bad in ("0", "512", '"64KiB"', "true", "65536.5"):
+        got = problems(tmp_path, f"[gateway]\naudit_max_value_bytes = {bad}\n")
+        assert got == [f":2: gateway.audit_max_value_bytes: must be a whole number of bytes, 1024 or more "
+                       f"(65536 is 64 KiB), not {tomllib.loads('v = ' + bad)['v']!r}"], got
 
 
 def test_two_grants_with_one_token(tmp_path):

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -37,9 +38,10 @@ DECISION = "mcpguard/decision"
 
 
 @contextlib.asynccontextmanager
-async def gateway(mlflow_stack, tmp_path: Path) -> AsyncIterator[Gateway]:
-    """mcpguard in front of the real mlflow-mcp, under the sample policy, audit on."""
-    entry = mlflow_stack.server_config(policy=SAMPLE_POLICY, stderr_log=tmp_path / "mlflow-mcp.stderr.log")
+async def gateway(mlflow_stack, tmp_path: Path, **server: object) -> AsyncIterator[Gateway]:
+    """mcpguard in front of the real mlflow-mcp, under the sample policy, audit on (`server`: more server keys)."""
+    entry = {**mlflow_stack.server_config(policy=SAMPLE_POLICY, stderr_log=tmp_path / "mlflow-mcp.stderr.log"),
+             **server}
     cfg = Config.from_dict(
         {"gateway": {"port": 0, "audit_log": str(tmp_path / "audit.jsonl")}, "servers": {"mlflow": entry}},
         base_dir=tmp_path,
@@ -117,6 +119,48 @@ async def test_reads_pass_and_hidden_tools_are_unknown(mlflow_stack, tmp_path):
     assert codes == ["allowed", "allowed", "hidden"]
 
 
+async def test_a_2026_07_28_agent_on_a_shared_mlflow_mcp(mlflow_stack, tmp_path):
+    """mlflow-mcp speaks only the handshake era; a 2026-07-28 agent reaches it through the shared session,
+    and an approval works the same way."""
+    from mcp import Client
+
+    seeded = mlflow_stack.seeded
+    model = seeded["model_name"]
+    async with gateway(mlflow_stack, tmp_path, upstream_sessions="shared") as gw:
+        assert gw.pools["mlflow"].shared.era == "legacy"
+        async with Client(gw.url("mlflow"), mode="auto") as c:
+            assert c.protocol_version == "2026-07-28" and c.server_info.name == "mlflow"
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert len(names) == 38 and "delete_registered_model" not in names
+            r = await c.call_tool("get_run", {"run_id": seeded["run_ids"][0]})
+            assert not r.is_error and "val_accuracy" in text(r)
+            call = asyncio.create_task(c.call_tool("set_model_alias", {"name": model, "alias": "e2e-modern",
+                                                                       "version": "2"}))
+            pending = await wait_for_pending(gw, "set_model_alias")
+            assert pending.call.session_id is None and pending.call.client == "mcp"
+            gw.approvals.approve(pending.id, by="e2e")
+            r = await asyncio.wait_for(call, 60)
+            assert not r.is_error, text(r)
+        assert gw.pools["mlflow"].processes() == 1
+    alias = mlflow_stack.python(
+        f"from mlflow import MlflowClient; print(MlflowClient().get_model_version_by_alias({model!r}, 'e2e-modern').version)"
+    )
+    assert alias.strip() == "2"
+
+
+async def test_a_new_agent_session_on_a_shared_server_is_ready_at_once(mlflow_stack, tmp_path):
+    async with gateway(mlflow_stack, tmp_path, upstream_sessions="shared") as gw:
+        took = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            async with client(gw.url("mlflow")) as s:
+                took.append(time.perf_counter() - t0)
+                assert not (await s.call_tool("get_experiment_by_name",
+                                              {"name": mlflow_stack.seeded["experiment_name"]})).is_error
+        assert gw.pools["mlflow"].processes() == 1
+        assert max(took) < 1.0, took  # no mlflow-mcp to start (bench/README.md has the figures)
+
+
 async def test_capped_write_passes_max_times_then_is_rate_limited(mlflow_stack, tmp_path):
     model = mlflow_stack.seeded["model_name"]
     cap = 20  # [tools.set_registered_model_tag] max = 20 per minute in the sample policy
@@ -131,7 +175,7 @@ async def test_capped_write_passes_max_times_then_is_rate_limited(mlflow_stack, 
         assert 0 < decision["retry_after_s"] <= 60
         assert "set_registered_model_tag" in (decision["rule"] or "")
         assert "Retry after" in text(over)
-        view = {c.counter: c for c in gw.servers["mlflow"].counters.snapshot(__import__("time").monotonic())}
+        view = {c.counter: c for c in gw.servers["mlflow"].counters.snapshot(time.monotonic())}
         assert view["set_registered_model_tag_rate"].count == cap
 
     tags = json.loads(
@@ -148,7 +192,9 @@ async def test_stage_transition_waits_for_approval(mlflow_stack, tmp_path):
     model = mlflow_stack.seeded["model_name"]
     assert stage_of(mlflow_stack, "3") == "None"
     args = {"name": model, "version": "3", "stage": "Staging", "archive_existing": False}
-    async with gateway(mlflow_stack, tmp_path) as gw, client(gw.url("mlflow")) as s:
+    # per_session: this agent gets an mlflow-mcp of its own
+    async with gateway(mlflow_stack, tmp_path, upstream_sessions="per_session") as gw, client(gw.url("mlflow")) as s:
+        assert gw.pools["mlflow"].processes() == 2
         # denied by a person: MLflow unchanged
         call = asyncio.create_task(s.call_tool("transition_model_version_stage", {**args, "stage": "Production"}))
         pending = await wait_for_pending(gw, "transition_model_version_stage")

@@ -108,7 +108,7 @@ async def test_streamable_http_upstream(tmp_path: Path) -> None:
                     await asyncio.sleep(0.05)
         policy = tmp_path / "h.toml"
         policy.write_text(SLOW + 'hide = ["secret_tool"]\n', encoding="utf-8")
-        up = ServerCfg(name="h", transport="http", url=f"http://127.0.0.1:{port}/mcp", policy=str(policy))
+        up = ServerCfg(name="h", url=f"http://127.0.0.1:{port}/mcp", policy=str(policy))
         cfg = make_config(tmp_path, [up])
         async with running(cfg) as gw, client(gw.url("h")) as s:
             assert gw.servers["h"].state == "up"
@@ -130,3 +130,15 @@ async def test_streamable_http_upstream(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+async def test_the_configured_audit_cap_applies(tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    cfg = make_config(tmp_path, [everything_server("ev", tmp_path, SLOW)], audit_log=str(audit),
+                      audit_max_value_bytes=1024)
+    async with running(cfg) as gw, client(gw.url("ev")) as s:
+        big = "x" * 5000
+        assert (await s.call_tool("echo", {"text": big})).content[0].text == big  # the agent gets it all
+    (decision,) = [r for r in read_audit(audit) if r["kind"] == "decision"]
+    assert decision["arguments"]["_mcpguard_truncated"] is True and decision["arguments"]["bytes"] > 5000
+    assert len(audit.read_text().splitlines()[0]) < 2500

@@ -1,7 +1,15 @@
-"""Everything that is not a policed tools/call passes through mcpguard unchanged, both ways (issue 3 item 3).
+"""A handshake-era agent: everything that is not a policed tools/call passes through mcpguard, both ways.
 
-Each test talks to tests/upstreams/everything_server.py through a running
-gateway with a real SDK client over Streamable HTTP on 127.0.0.1.
+Each test runs a real SDK client (`ClientSession`, the `initialize`
+handshake, over Streamable HTTP on 127.0.0.1) against a running gateway in
+front of each kind of upstream:
+- `modern`: tests/upstreams/everything_server.py on the `mcp` 2.x SDK over
+  stdio, with which the gateway negotiates MCP 2026-07-28 (sampling,
+  elicitation and roots then come back as `InputRequiredResult`s, which the
+  gateway turns into server-to-client requests to this agent);
+- `legacy-per_session` / `legacy-shared`: tests/upstreams/legacy_server.py
+  on the `mcp` 1.x SDK over stdio (handshake era only), with an upstream
+  session per agent session, or one shared by all.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 from pydantic import TypeAdapter
-from upstreams.harness import EVERYTHING, client, everything_server, make_config, running
+from upstreams.harness import EVERYTHING, LEGACY, client, legacy_python, make_config, running, upstream
 
 from mcpguard.events import ToolChanged
 
@@ -30,22 +38,32 @@ hide = ["secret_tool"]
 """
 
 
+PAIRINGS = [("modern", None), ("legacy", "per_session"), ("legacy", "shared")]
+
+
+@pytest.fixture(params=PAIRINGS, ids=["modern", "legacy-per_session", "legacy-shared"])
+def era(request: pytest.FixtureRequest) -> str:
+    return request.param[0]
+
+
 @pytest.fixture
-def cfg(tmp_path: Path):
-    return make_config(tmp_path, [everything_server("ev", tmp_path, POLICY)])
+def cfg(tmp_path: Path, era: str, request: pytest.FixtureRequest):
+    sessions = request.node.callspec.params["era"][1]
+    return make_config(tmp_path, [upstream(era, "ev", tmp_path, POLICY, upstream_sessions=sessions)])
 
 
-async def _direct_initialize_and_tools() -> tuple[dict[str, Any], dict[str, Any]]:
+async def _direct_initialize_and_tools(era: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The upstream's own answers, without mcpguard."""
-    params = StdioServerParameters(command=sys.executable, args=[str(EVERYTHING)])
+    params = (StdioServerParameters(command=sys.executable, args=[str(EVERYTHING)]) if era == "modern"
+              else StdioServerParameters(command=legacy_python(), args=[str(LEGACY)]))
     async with stdio_client(params) as (r, w), ClientSession(r, w) as s:
         init = await s.initialize()
         tools = await s.send_request(types.ListToolsRequest(), RAW)
         return init.model_dump(by_alias=True, mode="json", exclude_none=True), tools
 
 
-async def test_initialize_mirrors_upstream_capabilities_and_tools_list_is_intact(cfg) -> None:
-    direct_init, direct_tools = await _direct_initialize_and_tools()
+async def test_initialize_mirrors_upstream_capabilities_and_tools_list_is_intact(cfg, era) -> None:
+    direct_init, direct_tools = await _direct_initialize_and_tools(era)
     async with running(cfg) as gw, client(gw.url("ev")) as s:
         init = s.initialize_result
         assert init is not None
@@ -96,7 +114,7 @@ async def test_progress_reaches_the_caller_with_its_own_token(cfg) -> None:
         assert raw_seen == ["caller-token-7", "caller-token-7"]
 
 
-async def test_logging_set_level_and_log_messages(cfg) -> None:
+async def test_logging_set_level_and_log_messages(cfg, era) -> None:
     logs: list[types.LoggingMessageNotificationParams] = []
 
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
@@ -105,14 +123,15 @@ async def test_logging_set_level_and_log_messages(cfg) -> None:
     async with running(cfg) as gw, client(gw.url("ev"), logging_callback=on_log) as s:
         await s.set_logging_level("debug")
         status = await s.call_tool("status", {})
-        assert "'log_level': 'debug'" in status.content[0].text
+        # a 2026-07-28 upstream has no session level: the agent's level goes with each request instead
+        assert ("'log_level': 'debug'" in status.content[0].text) == (era == "legacy")
         await s.call_tool("log", {"level": "warning", "message": "careful"})
         for _ in range(100):
             if logs:
                 break
             await asyncio.sleep(0.02)
         assert logs and logs[0].level == "warning" and logs[0].data == {"message": "careful"}
-        assert logs[0].logger == "everything"
+        assert logs[0].logger == ("everything" if era == "modern" else "legacy")
 
 
 async def test_resources_templates_subscribe_and_updated(cfg) -> None:
@@ -179,13 +198,20 @@ async def test_sampling_elicitation_and_roots_reach_the_agent(cfg) -> None:
         assert res.content[0].text == "roots: file:///work/project"
 
 
-async def test_upstream_jsonrpc_error_reaches_the_agent_unchanged(cfg) -> None:
+async def test_upstream_jsonrpc_error_reaches_the_agent_unchanged(cfg, era) -> None:
     async with running(cfg) as gw, client(gw.url("ev")) as s:
+        if era == "legacy":  # the 1.x SDK answers a tool's exception as an isError result, which passes as is
+            res = await s.call_tool("fail_rpc", {})
+            assert res.is_error and "custom failure" in res.content[0].text and res.meta is None
+        else:
+            with pytest.raises(MCPError) as err:
+                await s.call_tool("fail_rpc", {})
+            assert err.value.error.code == -32042
+            assert err.value.error.message.endswith(": custom failure")
+            assert err.value.error.data == {"why": "asked to"}
         with pytest.raises(MCPError) as err:
-            await s.call_tool("fail_rpc", {})
-        assert err.value.error.code == -32042
-        assert err.value.error.message == "everything: custom failure"
-        assert err.value.error.data == {"why": "asked to"}
+            await s.read_resource("mem://nope")
+        assert err.value.error.code == -32002 and err.value.error.data == {"uri": "mem://nope"}
 
 
 async def test_cancel_downstream_cancels_upstream(cfg) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from upstreams.harness import EVERYTHING, GrantCfg, client, everything_server, make_config, running
+from upstreams.harness import EVERYTHING, client, everything_server, make_config, running
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
@@ -85,9 +85,9 @@ async def test_host_and_origin_are_checked(tmp_path: Path) -> None:
 
 async def test_grants_bearer_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MCPGUARD_TEST_TOKEN", "tok-ci-123")
-    cfg = make_config(tmp_path, [everything_server("ev", tmp_path)])
-    cfg.grants = {"ci": GrantCfg("ci", token_env="MCPGUARD_TEST_TOKEN"),
-                  "dev": GrantCfg("dev", token_sha256=hashlib.sha256(b"tok-dev").hexdigest())}
+    cfg = make_config(tmp_path, [everything_server("ev", tmp_path)],
+                      grants={"ci": {"token_env": "MCPGUARD_TEST_TOKEN"},
+                              "dev": {"token_sha256": hashlib.sha256(b"tok-dev").hexdigest()}})
     async with running(cfg) as gw, httpx2.AsyncClient(timeout=30) as http:
         url = gw.url("ev")
         r = await http.post(url, json=INIT, headers=HEADERS)
@@ -203,4 +203,4 @@ async def test_port_in_use_is_a_clear_error_and_leaves_nothing_running(tmp_path:
         with pytest.raises(OSError, match=str(port)):
             await gw.start()
         assert gw.servers["ev"].state == "down"
-        assert gw.servers["ev"].control is not None and not gw.servers["ev"].control.up
+        assert not gw.pools["ev"].shared.up and gw.pools["ev"].shared.state == "down"

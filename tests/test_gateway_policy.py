@@ -196,10 +196,10 @@ async def test_changed_tool_is_denied_when_on_tool_change_is_deny(tmp_path: Path
                 break
             await asyncio.sleep(0.02)
         assert "echo" in gw.servers["ev"].changed_tools
-        # another session (the control session) still lists the first definition:
+        # another upstream session still lists the first definition:
         # that must not clear the mark, only a person's review does
         h = gw.servers["ev"]
-        gw._see_tools(h, [original_echo], complete=False)
+        h.see_tools([original_echo], complete=False)
         assert "echo" in h.changed_tools
         res = await s.call_tool("echo", {"text": "after"})
         assert res.is_error and _meta(res)["code"] == "tool_changed"

@@ -260,6 +260,35 @@ def test_unreadable_file(tmp_path):
     assert issue.file.endswith("missing.toml")
 
 
+@pytest.mark.parametrize("state, message", [
+    ("folder", "cannot read policy: it is a folder, not a file"),
+    ("pipe", "cannot read policy: it is a named pipe (FIFO), not a file"),  # and no hang waiting for a writer
+    ("loop", "cannot read policy: Too many levels of symbolic links"),
+    ("latin-1", "cannot read policy: not UTF-8 text (byte 0xe9 at line 3, column 4)"),
+    ("device", "cannot read policy: it is a character device, not a file"),
+])
+def test_a_policy_that_is_not_readable_text_is_a_policy_error_at_1_1(tmp_path, state, message):
+    import os
+
+    path = tmp_path / "p.toml"
+    if state == "folder":
+        path.mkdir()
+    elif state == "pipe":
+        os.mkfifo(path)
+    elif state == "loop":
+        path.symlink_to("q.toml")
+        (tmp_path / "q.toml").symlink_to("p.toml")
+    elif state == "latin-1":
+        path.write_bytes(HEAD.encode() + '# r\u00e9sum\u00e9 caf\u00e9\n'.encode("latin-1"))
+    else:
+        path.symlink_to(os.devnull)
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    (issue,) = info.value.issues
+    assert (issue.file, issue.line, issue.col, issue.message) == (str(path), 1, 1, message)
+    assert issue.hint  # what to do about it
+
+
 def test_top_level_not_an_object():
     issue = only("[1, 2]", "json")
     assert issue.message == "the policy must be a table, not a list"

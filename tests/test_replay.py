@@ -367,7 +367,7 @@ def test_torn_last_line_and_unknown_records_are_listed_with_their_lines_and_exit
     errs = res.stderr.splitlines()
     assert errs[:4] == [
         f'{audit}:{n + 1}: cannot read: unknown record kind "mystery" (known: decision, completion, '
-        "policy_reloaded, policy_rejected, tool_changed)",
+        "policy_reloaded, policy_rejected, tool_changed, malformed)",
         f'{audit}:{n + 2}: cannot read: decision record: "ts" must be epoch seconds (a number)',
         f"{audit}:{n + 3}: cannot read: not a JSON object but a list",
         f"{audit}:{n + 4}: cannot read: completion record: needs call_id and decision strings",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def test_tracking_server_on_a_taken_port_fails_clearly(mlflow_stack, tmp_path):
 
 
 def _fake_installer(monkeypatch, calls, *, fail=False):
-    def fake_run(cmd, say, quiet=False):
+    def fake_run(cmd, say, quiet=False, site_packages=None):
         calls.append(cmd)
         if cmd[1:3] == ["-m", "venv"]:
             (Path(cmd[3]) / "bin").mkdir(parents=True)
@@ -213,3 +214,119 @@ def test_tracking_server_stops_when_its_starter_dies(mlflow_stack, tmp_path):
         os.killpg(int(pgid), 0)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{uri}/health")
+
+
+# ---- run_with_progress: the install's signs of life, with a fake pip that prints what pip 26 prints
+
+FAKE_PIP = r"""
+import os, sys, time
+site = sys.argv[1]
+def say(line):
+    print(line, flush=True)
+say("Looking in indexes: https://pypi.org/simple")
+say("Collecting mlflow-mcp==0.4.1")
+say("  Downloading mlflow_mcp-0.4.1-py3-none-any.whl.metadata (9.8 kB)")
+say("Collecting alembic (from mlflow==3.17.2)")
+say("Requirement already satisfied: pip in ./lib/python3.11/site-packages (26.3)")
+say("  Downloading big_wheel-1.0-py3-none-any.whl (31.5 MB)")
+total = 31_457_280
+for i in range(6):  # 0.6 s of download: raw progress lines only
+    say(f"Progress {total * i // 5} of {total}")
+    time.sleep(0.1)
+say("Installing collected packages: alpha, beta, gamma")
+for name in ("alpha", "beta", "gamma"):  # 0.9 s of silent unpacking
+    time.sleep(0.3)
+    os.mkdir(os.path.join(site, f"{name}-1.0.dist-info"))
+say("\x1b[32mSuccessfully installed alpha-1.0 beta-1.0 gamma-1.0\x1b[0m")
+if len(sys.argv) > 2:
+    say("ERROR: No matching distribution found for nope")
+    sys.exit(1)
+"""
+
+
+def test_the_install_streams_pips_lines_and_a_heartbeat_while_pip_is_silent(tmp_path):
+    import sys
+    import time
+
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    (site / "pip-26.3.dist-info").mkdir()
+    lines: list[tuple[float, str]] = []
+    t0 = time.monotonic()
+    stack.run_with_progress([sys.executable, "-c", FAKE_PIP, str(site)],
+                            lambda line: lines.append((time.monotonic() - t0, line)),
+                            heartbeat_s=0.2, site_packages=site)
+    said = [line for _, line in lines]
+    shown = [line for line in said[1:] if not line.startswith("  ... ")]
+    assert said[0].startswith("$ ") and FAKE_PIP.strip()[:20] in said[0]
+    assert shown == [
+        "  Collecting mlflow-mcp==0.4.1",
+        "  Downloading mlflow_mcp-0.4.1-py3-none-any.whl.metadata (9.8 kB)",
+        "  Collecting alembic",
+        "  Downloading big_wheel-1.0-py3-none-any.whl (31.5 MB)",
+        "  Installing collected packages: alpha, beta, gamma",
+        "  Successfully installed alpha-1.0 beta-1.0 gamma-1.0",
+    ]
+    beats = [line for line in said if line.startswith("  ... ")]
+    assert any("downloading big_wheel-1.0-py3-none-any.whl, " in b and " of 31.5 MB" in b for b in beats), beats
+    installing = [b for b in beats if "installing 3 packages" in b]
+    assert installing and any(", 0 done" in b or ", 1 done" in b for b in installing), beats
+    # each heartbeat says the whole seconds since the start, never going back
+    seconds = [int(b.split()[1]) for b in beats]
+    assert seconds == sorted(seconds)
+    # the fake's longest silence is 0.9 s; heartbeats cut it to about 0.2 s (0.8 s leaves slack for a busy
+    # machine and still fails without them), and there are no more heartbeats than the silences allow
+    times = [t for t, _ in lines]
+    assert max(b - a for a, b in zip(times, times[1:])) < 0.8
+    assert len(beats) <= (times[-1] / 0.2) + 1
+    assert not any("\r" in line or "\x1b" in line or "Progress " in line for line in said[1:])
+
+
+def test_a_failing_install_says_why_with_the_output_tail(tmp_path):
+    import sys
+
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    with pytest.raises(stack.StackError) as info:
+        stack.run_with_progress([sys.executable, "-c", FAKE_PIP, str(site), "fail"], lambda line: None,
+                                heartbeat_s=5)
+    assert "failed (exit 1)" in str(info.value)
+    assert "ERROR: No matching distribution found for nope" in str(info.value)
+
+
+@pytest.mark.parametrize("terminal, beats", [(True, range(2, 5)), (False, range(0, 1))])
+def test_heartbeats_are_sparser_when_stderr_is_not_a_terminal(monkeypatch, terminal, beats):
+    import io
+    import sys
+
+    class Stderr(io.StringIO):
+        def isatty(self) -> bool:
+            return terminal
+
+    monkeypatch.setattr(sys, "stderr", Stderr())
+    # the real intervals are 3 s and 10 s; scaled down, the choice between them is the same
+    monkeypatch.setattr(stack, "HEARTBEAT_TTY_S", 0.3)
+    monkeypatch.setattr(stack, "HEARTBEAT_S", 5.0)
+    lines: list[str] = []
+    stack.run_with_progress([sys.executable, "-c", "import time; time.sleep(1.0)"], lines.append)
+    assert len(lines[1:]) in beats, lines  # one every 0.3 s of the 1 s silence on a terminal; none otherwise
+    assert all(re.fullmatch(r"  \.\.\. [012] s: still working", line) for line in lines[1:]), lines
+    assert sys.stderr.getvalue() == ""  # everything went to `say`
+
+
+def test_the_install_step_asks_pip_for_raw_progress_once_pip_knows_it(monkeypatch, tmp_path):
+    calls: list = []
+    _fake_installer(monkeypatch, calls)
+    real_venv = stack._run_logged
+
+    def with_new_pip(cmd, say, quiet=False, site_packages=None):
+        real_venv(cmd, say, quiet=quiet, site_packages=site_packages)
+        if "--upgrade" in cmd:  # the upgraded pip of the new environment
+            (Path(cmd[0]).parent.parent / "lib" / "python3.11" / "site-packages" / "pip-26.3.dist-info").mkdir(
+                parents=True)
+
+    monkeypatch.setattr(stack, "_run_logged", with_new_pip)
+    stack.ensure_mlflow_env(tmp_path, log=lambda line: None)
+    upgrade, install = [c for c in calls if "install" in c]
+    assert upgrade[upgrade.index("--progress-bar") + 1] == "off"  # the venv's bundled pip predates raw
+    assert install[install.index("--progress-bar") + 1] == "raw"

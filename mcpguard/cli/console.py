@@ -9,7 +9,7 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", default="mcpguard.toml", help="the mcpguard.toml to run (default: ./mcpguard.toml)")
-    parser.add_argument("--theme", help="dark, light, high-contrast, or a theme name from themes/*.toml")
+    parser.add_argument("--theme", help="dark, light, high-contrast, or the name of a theme in ~/.config/mcpguard/themes/*.toml")
     parser.add_argument("--port", type=int, help="listen on this port instead of [gateway] port (0: any free port)")
 
 

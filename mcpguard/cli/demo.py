@@ -3,9 +3,10 @@
 Prepares the MLflow environment on first use (progress printed before the
 console takes the terminal), starts a tracking server on 127.0.0.1 with
 sqlite in a data folder (`<mcpguard home>/demo`), seeds it, and opens the
-console with `mlflow-mcp` as upstream under a copy of
-`sample_policies/mlflow.toml` (kept in the data folder, so edits survive and
-the repository's file stays as shipped). A scripted agent
+console with `mlflow-mcp` as upstream under a copy of the packaged sample
+policy `mlflow.toml` (`mcpguard.sample_policies`, the repository's
+`sample_policies/` folder), kept in the data folder so edits survive and the
+shipped file stays as shipped. A scripted agent
 (`mcpguard.agent.run_agent`) plays its session in a loop as a worker.
 Quitting stops every process the demo started.
 """
@@ -13,16 +14,17 @@ Quitting stops every process the demo started.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-SAMPLE_POLICY = Path(__file__).resolve().parents[2] / "sample_policies" / "mlflow.toml"
+#: The sample policy the demo starts from (package data: found in a wheel too).
+SAMPLE_POLICY = files("mcpguard.sample_policies") / "mlflow.toml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--theme", help="dark, light, high-contrast, or a theme name from themes/*.toml")
+    parser.add_argument("--theme", help="dark, light, high-contrast, or the name of a theme in ~/.config/mcpguard/themes/*.toml")
     parser.add_argument("--port", type=int, default=8765, help="gateway port on 127.0.0.1 (default 8765; 0: any free port)")
     parser.add_argument("--no-agent", action="store_true", help="do not run the scripted agent")
     parser.add_argument("--data-dir", help="where the demo keeps MLflow data, its policy and logs")
@@ -53,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
     (data / "logs").mkdir(exist_ok=True)
     policy = data / "mlflow.toml"
     if not policy.exists():
-        shutil.copyfile(SAMPLE_POLICY, policy)
+        from mcpguard.policy.edit import write_atomic
+
+        # atomic, so a demo stopped mid-copy never leaves half a policy to start from next time
+        write_atomic(policy, SAMPLE_POLICY.read_text(encoding="utf-8"))
     try:
         say("checking the MLflow environment (the first run installs it: about 850 MB, a minute or two)")
         env_dir = stack.ensure_mlflow_env(log=say)

@@ -4,9 +4,9 @@ Evaluates one `tools/call` of TOOL with the given arguments against POLICY,
 as the gateway would with fresh counters (no call made yet), and prints the
 decision (action, code, the deciding rule, the message the agent would
 read), the limits the call would count against, and the trace of every rule
-looked at, in evaluation order (design §3). Rules in shadow mode are marked
-`(shadow)` in the trace, and what they would have done is printed under the
-decision (`shadow: would deny ...`).
+looked at, in evaluation order. Rules in shadow mode are marked `(shadow)` in
+the trace, and what they would have done is printed under the decision
+(`shadow: would deny ...`).
 
 Exit 0 when a decision was made (whatever it is), 1 when the policy has
 errors (printed as `file:line:col: error: ...`), 2 for bad `--args` or an

@@ -1,4 +1,9 @@
-"""Console themes as files: `themes/*.toml` loaded as Textual themes.
+"""Console themes as files: `*.toml` theme files loaded as Textual themes.
+
+The built-in themes (dark, light, high-contrast) are package data,
+`mcpguard.themes` (the repository's `themes/` folder), read through
+`importlib.resources` so an installed wheel finds them as an editable
+install does; a person's own themes go in `~/.config/mcpguard/themes/`.
 
 A theme file holds Textual's theme colors (`name`, `dark`, `primary`,
 `secondary`, `accent`, `foreground`, `background`, `surface`, `panel`,
@@ -11,13 +16,17 @@ gets the fallback in `RISK_FALLBACK`.
 from __future__ import annotations
 
 import tomllib
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from textual.theme import Theme
 
-#: Where themes are looked up, in order; a later file with the same name wins.
-THEME_DIRS: tuple[Path, ...] = (
-    Path(__file__).resolve().parents[2] / "themes",
+#: Where themes are looked up, in order; a later theme with the same `name` wins.
+#: The first is the package's own folder (a `Traversable`: a plain folder for a
+#: wheel or an editable install, a folder inside a zip for a zipped install).
+THEME_DIRS: tuple[Traversable, ...] = (
+    files("mcpguard.themes"),
     Path.home() / ".config" / "mcpguard" / "themes",
 )
 
@@ -40,15 +49,15 @@ class ThemeFileError(ValueError):
     """A theme file that cannot be read; the message names the file."""
 
 
-def theme_from_toml(path: Path) -> Theme:
-    """Read one theme file into a `textual.theme.Theme`.
+def theme_from_toml(path: Traversable) -> Theme:
+    """Read one theme file (a `Path` or an `importlib.resources` `Traversable`) into a `Theme`.
 
-    Raises `ThemeFileError` (file name and reason) on bad TOML or a missing
-    `name`/`primary`.
+    Raises `ThemeFileError` (file name and reason) on a file that cannot be
+    read, is not UTF-8, is bad TOML, or lacks a string `name`/`primary`.
     """
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ThemeFileError(f"{path}: {exc}") from exc
     if not isinstance(data.get("name"), str) or not isinstance(data.get("primary"), str):
         raise ThemeFileError(f"{path}: a theme needs string keys 'name' and 'primary'")
@@ -57,14 +66,24 @@ def theme_from_toml(path: Path) -> Theme:
     return Theme(name=data["name"], dark=bool(data.get("dark", True)), variables=variables, **colors)
 
 
-def load_themes(dirs: tuple[Path, ...] | None = None) -> tuple[list[Theme], list[str]]:
-    """All themes found in `dirs` (default `THEME_DIRS`), and the errors of files that failed."""
+def load_themes(dirs: tuple[Traversable, ...] | None = None) -> tuple[list[Theme], list[str]]:
+    """All themes in the `*.toml` files of `dirs` (default `THEME_DIRS`), and the errors of files that failed.
+
+    `dirs` are `Path`s or `Traversable`s; a missing folder is skipped. Returns
+    `(themes, errors)`, each error a `file: reason` string.
+    """
     themes: dict[str, Theme] = {}
     errors: list[str] = []
     for d in THEME_DIRS if dirs is None else dirs:
         if not d.is_dir():
             continue
-        for path in sorted(d.glob("*.toml")):
+        try:  # Traversable has no glob(): filter iterdir() by suffix, in name order as glob gave
+            found = sorted((p for p in d.iterdir() if p.name.endswith(".toml") and p.is_file()),
+                           key=lambda p: p.name)
+        except OSError as exc:  # an unreadable theme folder costs its themes, never the console
+            errors.append(f"{d}: {exc}")
+            continue
+        for path in found:
             try:
                 t = theme_from_toml(path)
             except ThemeFileError as exc:

@@ -2,10 +2,9 @@
 
 A denied call is not a JSON-RPC error: the agent gets a `CallToolResult`
 with `isError: true`, a text it can act on, and
-`_meta["mcpguard/decision"] = {"code", "rule", "message", "retry_after_s"?}`
-(design §3). Codes: `policy_denied`, `rate_limited` (with `retry_after_s`),
-`approval_denied`, `approval_timeout`, `policy_changed`, `tool_changed`, `no_policy`, and for
-faults of the upstream `upstream_error`, `upstream_timeout`.
+`_meta["mcpguard/decision"] = {"code", "rule", "message", "retry_after_s"?}`,
+`code` one of `mcpguard.codes.Code` (the hint after the message is
+`mcpguard.codes.HINTS[code]`).
 
 A hidden tool answers exactly as the SDK servers (mcp 1.x FastMCP, mcp 2.x
 MCPServer) answer a tool name they do not know: an `isError` result whose
@@ -18,40 +17,32 @@ import hashlib
 import json
 from typing import Any
 
+from mcpguard.codes import HINTS, Code
+
 DECISION_META_KEY = "mcpguard/decision"
 
-_HINTS = {
-    "policy_denied": "The policy forbids this call; do not retry it unchanged.",
-    "no_policy": "No valid policy is loaded for this server, so every call is denied.",
-    "rate_limited": "Retry after {retry:g} seconds.",
-    "approval_denied": "A person denied this call.",
-    "approval_timeout": "No one approved this call in time; ask the user before retrying.",
-    "policy_changed": "The policy changed while the call waited for approval; do not retry it unchanged.",
-    "tool_changed": "The tool's definition changed since mcpguard first saw it; a person must review it.",
-    "upstream_error": "The MCP server failed; it is being restarted, retry in a few seconds.",
-    "upstream_timeout": "The MCP server did not answer in time; the call was cancelled.",
-}
 
-
-def denial(code: str, message: str, *, rule: str | None = None, retry_after_s: float | None = None,
+def denial(code: Code | str, message: str, *, rule: str | None = None, retry_after_s: float | None = None,
            server: str | None = None, tool: str | None = None) -> dict[str, Any]:
     """A `CallToolResult` JSON object for a call mcpguard answered itself.
 
-    `code` is one of the codes above; `message` says why (the policy's own
+    `code` is a `Code` (or its string); `message` says why (the policy's own
     `reason`/`on_deny` text when there is one); `retry_after_s` is seconds
-    (rate limits). The text reads `mcpguard denied TOOL on SERVER (code): message. hint`.
+    (rate limits). The text reads `mcpguard denied TOOL on SERVER (code): message. hint`
+    (`could not complete` instead of `denied` for faults of the upstream).
     """
-    hint = _HINTS.get(code, "")
-    if code == "rate_limited" and retry_after_s is not None:
+    code = Code(code)
+    hint = HINTS.get(code, "")
+    if code == Code.RATE_LIMITED and retry_after_s is not None:
         hint = hint.format(retry=round(retry_after_s, 3))
     elif "{" in hint:
         hint = ""
     where = f" {tool} on {server}" if tool and server else ""
-    verb = "could not complete" if code.startswith("upstream_") else "denied"
+    verb = "could not complete" if code.upstream_fault else "denied"
     text = f"mcpguard {verb}{where} ({code}): {message}".rstrip()
     if hint:
         text = f"{text} {hint}" if text.endswith(".") else f"{text}. {hint}"
-    meta: dict[str, Any] = {"code": code, "rule": rule, "message": message}
+    meta: dict[str, Any] = {"code": str(code), "rule": rule, "message": message}
     if retry_after_s is not None:
         meta["retry_after_s"] = round(retry_after_s, 3)
     return {"content": [{"type": "text", "text": text}], "isError": True, "_meta": {DECISION_META_KEY: meta}}

@@ -1,6 +1,6 @@
 """The policy engine: model, loading (TOML via tomlkit, PolicyLayer JSON v1), validation, evaluation.
 
-A policy is one document per upstream server (design §3). Load it with
+A policy is one document per upstream server. Load it with
 `load_policy(path)` or `parse_policy(text, fmt, path)` (both raise
 `PolicyError` listing every issue as `file:line:col: message (hint)`), then
 decide each `tools/call` with the pure `evaluate(call, policy, counters, now)`.
@@ -8,7 +8,15 @@ This package never imports textual or rich.
 """
 
 from mcpguard.policy.evaluate import evaluate
-from mcpguard.policy.loader import dotted, load_policy, parse_policy, policy_format_of
+from mcpguard.policy.loader import (
+    decode_policy_text,
+    dotted,
+    load_policy,
+    parse_policy,
+    policy_format_of,
+    read_policy_bytes,
+    read_policy_text,
+)
 from mcpguard.policy.model import (
     ACTIONS,
     OPS,
@@ -43,9 +51,12 @@ __all__ = [
     "PolicySource",
     "ToolRule",
     "TraceStep",
+    "decode_policy_text",
     "dotted",
     "evaluate",
     "load_policy",
     "parse_policy",
     "policy_format_of",
+    "read_policy_bytes",
+    "read_policy_text",
 ]

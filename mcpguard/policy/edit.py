@@ -6,7 +6,7 @@ comments, key order, blank lines and layout survive every edit; JSON (a
 PolicyLayer document) is written back as JSON with its key order and its
 indent. The caller validates the new text before it writes or applies it.
 
-The edits are the console's keys (issue 5): `set_max` (`+`/`-`),
+The edits are the console's keys: `set_max` (`+`/`-`),
 `set_action` (`t` cycles allow → require_approval → deny), `set_hidden`
 (`h`). `EditError` says why an edit cannot be made (no such limit, a hide
 entry of `"*"` that an unhide cannot undo, a file that does not parse).

@@ -283,20 +283,7 @@ def _decide(
         if counters is not None:
             limited = counters.check(limits, call, now) if checked is _UNCHECKED else checked
             if limited is not None:
-                lim: Limit = limited.limit
-                retry = float(limited.retry_after_s)
-                trace.append(
-                    TraceStep(lim.path, "deny", f"counter {lim.counter} [{limited.scope_key}] at {limited.count}/{limited.max} per {lim.window}")
-                )
-                return Decision(
-                    "deny",
-                    "rate_limited",
-                    f"{tool} is rate-limited: {_limit_text(tool, lim)}; retry after {retry:.1f} s",
-                    lim.path,
-                    retry_after_s=retry,
-                    risk=risk,
-                    trace=tuple(trace),
-                )
+                return rate_limited(tool, limited, risk, trace)
             for lim in limits:
                 trace.append(TraceStep(lim.path, "pass", f"counter {lim.counter}: under {lim.describe()}"))
         else:
@@ -355,6 +342,29 @@ def _decide(
         trace.append(TraceStep(deciding, "allow", f"{tool} is allowed"))
     return Decision("allow", "allowed", f"{tool} is allowed", deciding, limits=limits, risk=risk,
                     trace=tuple(trace), shadow_limits=consume_shadow, shadow=would)
+
+
+def rate_limited(tool: str, limited: Any, risk: Any = None, trace: list[TraceStep] | None = None) -> Decision:
+    """The `rate_limited` decision for `tool` refused by `limited` (a `mcpguard.ratelimit.RateLimited`).
+
+    The one place its message is written: `evaluate` returns it when a limit
+    is full, and the gateway when a limit filled between the check and the
+    admission (`Counters.try_consume` refused). `retry_after_s` is seconds.
+    """
+    lim: Limit = limited.limit
+    retry = float(limited.retry_after_s)
+    steps = list(trace or ())
+    steps.append(TraceStep(lim.path, "deny",
+                           f"counter {lim.counter} [{limited.scope_key}] at {limited.count}/{limited.max} per {lim.window}"))
+    return Decision(
+        "deny",
+        "rate_limited",
+        f"{tool} is rate-limited: {_limit_text(tool, lim)}; retry after {retry:.1f} s",
+        lim.path,
+        retry_after_s=retry,
+        risk=risk,
+        trace=tuple(steps),
+    )
 
 
 def _condition_denial(tool: str, text: str, path: str, risk: Any, trace: list[TraceStep]) -> Decision:

@@ -1,7 +1,7 @@
 """Load and validate policy files: PolicyLayer JSON v1 as is, or the same document in TOML.
 
 Every error of a file is reported at once, each with file, line, column and a
-hint (design §3); unknown keys are errors, never ignored. A file that fails
+hint; unknown keys are errors, never ignored. A file that fails
 raises `PolicyError` and so never replaces a running policy.
 
 The keys (PolicyLayer's, then ours):
@@ -39,9 +39,11 @@ Decisions where the format leaves room:
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 import os
 import re
+import stat
 from typing import Any
 
 import tomlkit
@@ -90,16 +92,85 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
     """Read and validate the policy file at `path` (`.json`: PolicyLayer JSON, else TOML).
 
     Raises `PolicyError` (with every issue, file:line:col) when the file cannot
-    be read, does not parse, or does not validate.
+    be read (see `read_policy_text`), does not parse, or does not validate.
+    """
+    name = str(path)
+    return parse_policy(read_policy_text(path), policy_format_of(name), name)
+
+
+_FILE_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket",
+               stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def read_policy_bytes(path: str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
+    """The bytes of the policy file at `path` and the `os.stat_result` of what was read.
+
+    Only a regular file (or a symlink to one) is read. It is opened without
+    blocking and checked with `fstat` before any read, so a named pipe in
+    its place is refused at once instead of hanging the caller (the gateway
+    reads policies in its event loop), and the stat describes the very file
+    the bytes came from (`mcpguard.reload` compares them to see a file settle).
+
+    Raises `PolicyError` with one issue at 1:1, `cannot read policy: <reason>`:
+    missing, no permission, a folder, a pipe or device, a symlink loop, any
+    other OS error.
     """
     name = str(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise PolicyError([PolicyIssue(name, 1, 1, f"cannot read policy: {reason}", "check the path")]) from None
-    return parse_policy(text, policy_format_of(name), name)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise _unreadable(name, exc) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = _FILE_KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+            raise PolicyError([PolicyIssue(name, 1, 1, f"cannot read policy: it is {kind}, not a file",
+                                           "point the config at a policy file")])
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks), st
+    except OSError as exc:
+        raise _unreadable(name, exc) from None
+    finally:
+        os.close(fd)
+
+
+def decode_policy_text(data: bytes, path: str | os.PathLike[str]) -> str:
+    """`data` decoded as UTF-8 (the only encoding a policy file may have).
+
+    Raises `PolicyError` with one issue at 1:1 whose message says where the
+    first byte that is not UTF-8 stands (line and column, counted in
+    characters of the valid text before it).
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start].decode("utf-8", errors="replace")
+        line = before.count("\n") + 1
+        col = len(before) - (before.rfind("\n") + 1) + 1
+        raise PolicyError([PolicyIssue(
+            str(path), 1, 1,
+            f"cannot read policy: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column {col})",
+            "save the file as UTF-8")]) from None
+
+
+def read_policy_text(path: str | os.PathLike[str]) -> str:
+    """The text of the policy file at `path`: `read_policy_bytes`, then `decode_policy_text`.
+
+    Raises `PolicyError` (one issue at 1:1, `cannot read policy: ...`) for
+    every state in which there is no UTF-8 text to read.
+    """
+    data, _ = read_policy_bytes(path)
+    return decode_policy_text(data, path)
+
+
+def _unreadable(name: str, exc: OSError) -> PolicyError:
+    reason = exc.strerror or str(exc)
+    hint = {errno.ENOENT: "check the path", errno.EACCES: "check the file's permissions",
+            errno.EPERM: "check the file's permissions", errno.ELOOP: "the path is a symlink loop",
+            errno.EISDIR: "point the config at a policy file"}.get(exc.errno or 0, "")
+    return PolicyError([PolicyIssue(name, 1, 1, f"cannot read policy: {reason}", hint)])
 
 
 def parse_policy(text: str, fmt: str = "toml", path: str = "policy") -> Policy:

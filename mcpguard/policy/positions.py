@@ -1,9 +1,9 @@
 """Where each key and array item of a policy file is written, as (line, col).
 
 The parsers (tomlkit, json) tell where a syntax error is but not where a
-well-formed value sits, and validation errors must name file, line and column
-(design §3). So once a file parses, one scan of its text records the position
-of every key (`("tools", "x", "limits", 0, "window")` -> `(12, 1)`).
+well-formed value sits, and validation errors must name file, line and
+column. So once a file parses, one scan of its text records the position of
+every key (`("tools", "x", "limits", 0, "window")` -> `(12, 1)`).
 
 Both scanners assume text their parser has already accepted; on anything
 unexpected they stop and return what they found, and `locate` falls back to

@@ -7,6 +7,12 @@ sampling, elicitation, roots, `list_changed`, a slow tool for cancellation,
 a tool that hangs, a tool that raises a JSON-RPC error, and a tool that makes
 the process exit.
 
+It serves both MCP eras, as the SDK does (the client's first request picks
+one): on a 2026-07-28 connection `sample`, `elicit` and `roots` answer with
+an `InputRequiredResult` (their `requestState` is checked on the retry),
+change events go to `subscriptions/listen` streams, and every result carries
+`resultType`.
+
 Run: `python everything_server.py` (stdio) or
 `python everything_server.py --http PORT` (Streamable HTTP on 127.0.0.1).
 """
@@ -20,9 +26,12 @@ from typing import Any
 
 import anyio
 import mcp_types as types
+from mcp.server.caching import CacheHint
 from mcp.server.lowlevel.server import NotificationOptions, Server
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated, ToolsListChanged
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 warnings.simplefilter("ignore")
 
@@ -32,7 +41,9 @@ STATE: dict[str, Any] = {
     "log_level": None,
     "mutated": False,
     "calls": 0,
+    "states": [],
 }
+BUS = InMemorySubscriptionBus()
 
 ITEM_SCHEMA = {
     "type": "object",
@@ -95,14 +106,35 @@ def _tools() -> list[dict[str, Any]]:
 
 
 def _text(s: str) -> dict[str, Any]:
-    return {"content": [{"type": "text", "text": s}]}
+    return {"content": [{"type": "text", "text": s}], "resultType": "complete"}
+
+
+def _modern(ctx) -> bool:
+    return ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+
+
+def _ask(name: str, request: Any, params: types.CallToolRequestParams) -> Any:
+    """2026-07-28: ask the client through an InputRequiredResult; on its retry, the response (state checked)."""
+    want = f"{name}-state-{STATE['calls']}"
+    responses = params.input_responses or {}
+    if "q" not in responses:
+        return types.InputRequiredResult(input_requests={"q": request}, request_state=want), None
+    STATE["states"].append(params.request_state)
+    return None, responses["q"]
 
 
 async def list_tools(ctx, params) -> dict[str, Any]:
-    return {"tools": _tools()}
+    return {"tools": _tools(), "resultType": "complete"}
 
 
 async def call_tool(ctx, params: types.CallToolRequestParams) -> Any:
+    result = await _call_tool(ctx, params)
+    if isinstance(result, dict):
+        result.setdefault("resultType", "complete")
+    return result
+
+
+async def _call_tool(ctx, params: types.CallToolRequestParams) -> Any:
     STATE["calls"] += 1
     args = params.arguments or {}
     name = params.name
@@ -138,22 +170,39 @@ async def call_tool(ctx, params: types.CallToolRequestParams) -> Any:
             related_request_id=ctx.request_id)
         return _text("logged")
     if name == "sample":
-        res = await ctx.session.send_request(
-            types.CreateMessageRequest(params=types.CreateMessageRequestParams(
-                messages=[types.SamplingMessage(role="user", content=types.TextContent(
-                    type="text", text=str(args.get("prompt", ""))))],
-                max_tokens=50)),
-            types.CreateMessageResult, metadata=related)
+        req = types.CreateMessageRequest(params=types.CreateMessageRequestParams(
+            messages=[types.SamplingMessage(role="user", content=types.TextContent(
+                type="text", text=str(args.get("prompt", ""))))],
+            max_tokens=50))
+        if _modern(ctx):
+            ask, got = _ask(name, req, params)
+            if ask is not None:
+                return ask
+            res = types.CreateMessageResult.model_validate(got)
+        else:
+            res = await ctx.session.send_request(req, types.CreateMessageResult, metadata=related)
         return _text(f"sampled: {res.content.text}")
     if name == "elicit":
-        res = await ctx.session.send_request(
-            types.ElicitRequest(params=types.ElicitRequestFormParams(
-                message="Your name?",
-                requested_schema={"type": "object", "properties": {"name": {"type": "string"}}})),
-            types.ElicitResult, metadata=related)
+        req = types.ElicitRequest(params=types.ElicitRequestFormParams(
+            message="Your name?",
+            requested_schema={"type": "object", "properties": {"name": {"type": "string"}}}))
+        if _modern(ctx):
+            ask, got = _ask(name, req, params)
+            if ask is not None:
+                return ask
+            res = types.ElicitResult.model_validate(got)
+        else:
+            res = await ctx.session.send_request(req, types.ElicitResult, metadata=related)
         return _text(f"elicited: {res.action} {res.content}")
     if name == "roots":
-        res = await ctx.session.send_request(types.ListRootsRequest(), types.ListRootsResult, metadata=related)
+        req = types.ListRootsRequest()
+        if _modern(ctx):
+            ask, got = _ask(name, req, params)
+            if ask is not None:
+                return ask
+            res = types.ListRootsResult.model_validate(got)
+        else:
+            res = await ctx.session.send_request(req, types.ListRootsResult, metadata=related)
         return _text("roots: " + ",".join(str(r.uri) for r in res.roots))
     if name == "fail_rpc":
         raise MCPError(code=-32042, message="everything: custom failure", data={"why": "asked to"})
@@ -162,30 +211,38 @@ async def call_tool(ctx, params: types.CallToolRequestParams) -> Any:
         os._exit(3)
     if name == "mutate":
         STATE["mutated"] = True
-        await ctx.session.send_tool_list_changed()
+        if _modern(ctx):
+            await BUS.publish(ToolsListChanged())
+        else:
+            await ctx.session.send_tool_list_changed()
         return _text("mutated")
     if name == "touch":
-        await ctx.session.send_resource_updated(str(args.get("uri", "mem://greeting")))
+        uri = str(args.get("uri", "mem://greeting"))
+        if _modern(ctx):
+            await BUS.publish(ResourceUpdated(uri=uri))
+        else:
+            await ctx.session.send_resource_updated(uri)
         return _text("touched")
     if name == "status":
-        return _text(repr({k: STATE[k] for k in ("cancelled", "subscriptions", "log_level", "calls")}))
+        return _text(repr({k: STATE[k] for k in ("cancelled", "subscriptions", "log_level", "calls", "states")}))
     raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
 
 
 async def list_resources(ctx, params) -> dict[str, Any]:
-    return {"resources": [{"uri": "mem://greeting", "name": "greeting", "mimeType": "text/plain"}]}
+    return {"resources": [{"uri": "mem://greeting", "name": "greeting", "mimeType": "text/plain"}],
+            "resultType": "complete"}
 
 
 async def list_templates(ctx, params) -> dict[str, Any]:
-    return {"resourceTemplates": [{"uriTemplate": "mem://items/{id}", "name": "item"}]}
+    return {"resourceTemplates": [{"uriTemplate": "mem://items/{id}", "name": "item"}], "resultType": "complete"}
 
 
 async def read_resource(ctx, params: types.ReadResourceRequestParams) -> dict[str, Any]:
     uri = str(params.uri)
     if uri == "mem://greeting":
-        return {"contents": [{"uri": uri, "mimeType": "text/plain", "text": "hello"}]}
+        return {"contents": [{"uri": uri, "mimeType": "text/plain", "text": "hello"}], "resultType": "complete"}
     if uri.startswith("mem://items/"):
-        return {"contents": [{"uri": uri, "text": f"item {uri.rsplit('/', 1)[1]}"}]}
+        return {"contents": [{"uri": uri, "text": f"item {uri.rsplit('/', 1)[1]}"}], "resultType": "complete"}
     raise MCPError(code=-32002, message="Resource not found", data={"uri": uri})
 
 
@@ -200,20 +257,34 @@ async def unsubscribe(ctx, params: types.UnsubscribeRequestParams) -> dict[str, 
     return {}
 
 
+LISTEN = ListenHandler(BUS)
+
+
+async def listen(ctx, params: types.SubscriptionsListenRequestParams) -> Any:
+    uris = list(params.notifications.resource_subscriptions or [])
+    STATE["subscriptions"].extend(uris)
+    try:
+        return await LISTEN(ctx, params)
+    finally:
+        for uri in uris:
+            STATE["subscriptions"].remove(uri)
+
+
 async def list_prompts(ctx, params) -> dict[str, Any]:
     return {"prompts": [{"name": "greet", "description": "Greet someone.",
-                         "arguments": [{"name": "who", "required": True}]}]}
+                         "arguments": [{"name": "who", "required": True}]}], "resultType": "complete"}
 
 
 async def get_prompt(ctx, params: types.GetPromptRequestParams) -> dict[str, Any]:
     who = (params.arguments or {}).get("who", "you")
-    return {"description": "A greeting", "messages": [{"role": "user", "content": {"type": "text", "text": f"Hello {who}"}}]}
+    return {"description": "A greeting", "messages": [{"role": "user", "content": {"type": "text", "text": f"Hello {who}"}}],
+            "resultType": "complete"}
 
 
 async def complete(ctx, params: types.CompleteRequestParams) -> dict[str, Any]:
     value = params.argument.value
     names = [n for n in ("alice", "albert", "bob") if n.startswith(value)]
-    return {"completion": {"values": names, "total": len(names), "hasMore": False}}
+    return {"completion": {"values": names, "total": len(names), "hasMore": False}, "resultType": "complete"}
 
 
 async def set_level(ctx, params: types.SetLevelRequestParams) -> dict[str, Any]:
@@ -222,10 +293,14 @@ async def set_level(ctx, params: types.SetLevelRequestParams) -> dict[str, Any]:
 
 
 def build() -> Server:
+    hints = {m: CacheHint(ttl_ms=0, scope="private") for m in (
+        "tools/list", "resources/list", "resources/templates/list", "resources/read", "prompts/list")}
     return Server(
         "everything",
         version="1.0.0",
         instructions="A server for gateway tests.",
+        cache_hints=hints,
+        on_subscriptions_listen=listen,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
         on_list_resources=list_resources,
