@@ -35,13 +35,18 @@ Replay rules:
 - A call recorded as `tool_changed` is replayed with its tool marked changed;
   the log does not record when a person accepts a change, so other calls are
   replayed as unchanged.
-- Arguments the log does not hold are never guessed: a value `"[redacted]"`
-  (mcpguard.audit's secret redaction), a string ending in `[truncated]` or
-  `[truncated ...]`, a record whose `arguments_truncated` is true (keys that
-  are absent may have been cut), or a record without `arguments`. A call whose
-  decision reads such a value (a `deny_if`/`require` condition on it, up to
-  the rule that decided) is reported in `Report.unknown` with the path and why,
-  and counts against limits only if it went through in the recording.
+- Arguments the log does not hold are never guessed. mcpguard.audit lists
+  in a record's `redacted` and `truncated` (JSON Pointers) the values it
+  replaced by `"[redacted]"` or by its truncation marker
+  (`{"_mcpguard_truncated": true, ...}`, which may stand for the whole
+  `arguments`); those are unknown, and, as the writer promises, every other
+  value is as received (an argument that is the string `"[redacted]"` is
+  that string). A record without `arguments` has them all unknown, and so
+  has one whose `arguments` is the marker itself. A call whose decision reads an unknown
+  value (a `deny_if`/`require` condition on it, up to the rule that decided;
+  `exists` reads only its presence, which is known) is reported in
+  `Report.unknown` with the path and why, and counts against limits only if
+  it went through in the recording.
 
 Changes (`CHANGES`), by the old and new decision codes:
 `allow_to_deny` (allowed or sent for approval before, now denied by a rule),
@@ -58,14 +63,13 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import pydantic_core
 
-from mcpguard.audit import KINDS, REDACTED, iso_utc
+from mcpguard.audit import KINDS, REDACTED, TRUNCATED, iso_utc
 from mcpguard.policy import Decision, Policy, TraceStep, evaluate
 from mcpguard.policy.conditions import split_path
 from mcpguard.policy.model import Condition, ConditionEntry
@@ -101,13 +105,10 @@ DECISION_CODES: dict[str, str] = {
 }
 """The decision codes a `decision` record holds, with their action."""
 
-TRUNCATED = re.compile(r"\[truncated\b[^\]]*\]\Z")
-"""A string value the log cut short ends with `[truncated]` or `[truncated N bytes]`."""
-
 _NOT_GONE = frozenset({"approval_denied", "approval_timeout", "policy_changed", "cancelled"})
 _WENT = frozenset({"allowed", "approved"})
 _KINDS = frozenset(KINDS)
-_WHOLE = {"absent": "not recorded", "redacted": "redacted", "truncated": "truncated"}
+_WHOLE = {"absent": "not recorded", "redacted": "redacted", "truncated": "truncated"}  # held -> why
 
 
 class RecordedCall(NamedTuple):
@@ -126,10 +127,14 @@ class RecordedCall(NamedTuple):
       when no completion was read.
     - `line`: its line in the audit file (1-based; 0 when not read from a file).
     - `held`: how much of `arguments` the log holds: `whole`; `marked` (some
-      values are `"[redacted]"` or truncated); `cut` (`arguments_truncated`:
-      absent keys may have been cut too); or none of it: `absent` (no
-      `arguments`, then `{}`), `redacted`, `truncated` (replaced whole).
+      values were redacted or truncated); or none of it: `absent` (no
+      `arguments`), `redacted`, `truncated` (replaced whole; `arguments` is
+      then `{}`).
     - `time`: the record's ISO-8601 `time`, or None.
+    - `changed`: for `marked`, the record's own account of what it changed
+      inside `arguments` (its `redacted` and `truncated` lists): JSON Pointer
+      relative to `arguments` (`/api_key`, `/headers/Authorization`) ->
+      `redacted` or `truncated`; None otherwise.
     """
 
     server: str
@@ -148,6 +153,7 @@ class RecordedCall(NamedTuple):
     line: int = 0
     held: str = "whole"
     time: str | None = None
+    changed: dict[str, str] | None = None
 
     @classmethod
     def from_record(cls, record: dict[str, Any], line: int = 0) -> RecordedCall:
@@ -155,9 +161,10 @@ class RecordedCall(NamedTuple):
 
         Raises `RecordError` naming what is missing or of the wrong type
         (`ts` a number, `server`, `tool`, `decision` strings, `arguments` an
-        object, `grant`, `session`, `client`, `call_id` strings when present).
+        object, `grant`, `session`, `client`, `call_id` strings when present,
+        `redacted` and `truncated` lists of JSON Pointers when present).
         """
-        return _decision(record, line, None)
+        return _decision(record, line)
 
 
 class RecordError(ValueError):
@@ -348,7 +355,7 @@ def _read(name: str, data: bytes, server: str | None) -> AuditCalls:
         kind = rec.get("kind")
         if kind == "decision":
             try:
-                rc = _decision(rec, i, raw)
+                rc = _decision(rec, i)
             except RecordError as exc:
                 bad.append(Unreadable(i, f"decision record: {exc}"))
                 continue
@@ -440,7 +447,7 @@ def _kind(value: Any) -> str:
 _STR_OR_NONE = (str, type(None))
 
 
-def _decision(rec: dict[str, Any], line: int, raw: bytes | None) -> RecordedCall:
+def _decision(rec: dict[str, Any], line: int) -> RecordedCall:
     get = rec.get
     ts = get("ts")
     server = get("server")
@@ -462,17 +469,22 @@ def _decision(rec: dict[str, Any], line: int, raw: bytes | None) -> RecordedCall
     elif action not in _ACTIONS:
         raise RecordError(f'"action" must be allow, deny or require_approval, not {action!r}')
     args = get("arguments")
+    changed = None
+    listed = get("redacted")
+    cut = get("truncated")
+    if listed is not None or cut is not None:  # the record says what it changed
+        changed = _changes(listed, "redacted", _changes(cut, "truncated", {}))
     if type(args) is dict:
-        if get("arguments_truncated") is True:
-            held = "cut"
-        elif (raw is None or b'"[redacted]"' in raw or b"[truncated" in raw) and _marked(args):
+        if args.get(TRUNCATED) is True or (changed is not None and "" in changed):
+            held, args, changed = "truncated", {}, None
+        elif changed:
             held = "marked"
-        else:
-            held = "whole"
+        else:  # nothing listed: every value is as received
+            held, changed = "whole", None
     elif args is None:
-        held, args = "absent", {}
-    elif isinstance(args, str) and _marker(args) is not None:
-        held, args = ("redacted" if args == REDACTED else "truncated"), {}
+        held, args, changed = "absent", {}, None
+    elif args == REDACTED:
+        held, args, changed = "redacted", {}, None
     else:
         raise RecordError(f'"arguments" must be an object, not {_kind(args)}')
     rule = get("rule")
@@ -482,7 +494,20 @@ def _decision(rec: dict[str, Any], line: int, raw: bytes | None) -> RecordedCall
     return _new_tuple(RecordedCall, (server, tool, args, grant or "local", session, client, call_id or "", float(ts),
                                      code, action, rule if type(rule) is str else None,
                                      message if type(message) is str else None, None, line, held,
-                                     time if type(time) is str else None))
+                                     time if type(time) is str else None, changed))
+
+
+def _changes(pointers: Any, why: str, into: dict[str, str]) -> dict[str, str]:
+    """`into` plus the pointers under `/arguments` of a record's `redacted` or
+    `truncated` list, relative to `arguments` (`""` for `arguments` itself)."""
+    if pointers is None:
+        return into
+    if type(pointers) is not list or any(type(p) is not str for p in pointers):
+        raise RecordError(f'"{why}" must be a list of JSON Pointers')
+    for p in pointers:
+        if p == "/arguments" or p.startswith("/arguments/"):
+            into.setdefault(p[len("/arguments"):], why)
+    return into
 
 
 _ACTIONS = frozenset({"allow", "deny", "require_approval"})
@@ -507,35 +532,12 @@ def _shape_error(rec: dict[str, Any]) -> str:
     return "not a decision record"  # pragma: no cover - every failing test above names one
 
 
-def _marker(value: Any) -> str | None:
-    """`redacted` or `truncated` when `value` stands for a value the log does not hold."""
-    if type(value) is str:
-        if value == REDACTED:
-            return "redacted"
-        if TRUNCATED.search(value):
-            return "truncated"
-    return None
-
-
-def _marked(value: Any) -> str | None:
-    """The first marker anywhere inside `value` (objects and lists, at any depth)."""
-    found = _marker(value)
-    if found is not None:
-        return found
-    if isinstance(value, dict):
-        for v in value.values():
-            found = _marked(v)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for v in value:
-            found = _marked(v)
-            if found is not None:
-                return found
-    return None
-
-
 # --- what the log does not hold ------------------------------------------------------
+
+
+def _pointer(parts: tuple[str, ...]) -> str:
+    """The JSON Pointer of `args.a.b` inside `arguments`: `/a/b` (RFC 6901 escapes)."""
+    return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
 
 
 def _condition_truth(cond: Condition, parts: tuple[str, ...], rc: RecordedCall) -> tuple[bool | None, str]:
@@ -544,26 +546,23 @@ def _condition_truth(cond: Condition, parts: tuple[str, ...], rc: RecordedCall) 
     whole = _WHOLE.get(rc.held)
     if whole is not None:
         return None, whole
+    changed = rc.changed or {}
     cur: Any = rc.arguments
-    for p in parts:
-        why = _marker(cur)
+    for n, p in enumerate(parts):
+        why = changed.get(_pointer(parts[:n])) if n else None
         if why is not None:
             return None, why
-        if isinstance(cur, dict):
-            if p in cur:
-                cur = cur[p]
-                continue
-            if rc.held == "cut":
-                return None, "truncated"
-            return cond.test(rc.arguments), ""  # absent, as recorded: known
-        if isinstance(cur, list) and p.isdigit() and int(p) < len(cur):
+        if isinstance(cur, dict) and p in cur:
+            cur = cur[p]
+        elif isinstance(cur, list) and p.isdigit() and int(p) < len(cur):
             cur = cur[int(p)]
-            continue
-        return cond.test(rc.arguments), ""
+        else:
+            return cond.test(rc.arguments), ""  # absent, as recorded: known
     if cond.op != "exists":  # presence is known even when the value is not
-        why = _marked(cur)
-        if why is not None:
-            return None, why
+        here = _pointer(parts)
+        for ptr, why in changed.items():
+            if ptr == here or ptr.startswith(here + "/"):
+                return None, why
     return cond.test(rc.arguments), ""
 
 

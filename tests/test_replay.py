@@ -289,6 +289,7 @@ def test_policylayer_json_policy_replays_like_its_toml(recorded, tmp_path):
 def test_the_log_redacted_the_secret_argument(recorded):
     (rec,) = [r for r in read_audit(recorded) if r["kind"] == "decision" and r["arguments"].get("api_key")]
     assert rec["arguments"] == {"text": "with key", "api_key": "[redacted]"}
+    assert rec["redacted"] == ["/arguments/api_key"]
 
 
 def test_a_rule_on_a_redacted_argument_is_reported_never_guessed(recorded, tmp_path):
@@ -322,14 +323,45 @@ conditions = [{ path = "args.api_key", op = "exists" }]
     assert (doc["unknown"], changed(doc)) == (0, [("echo", "with key", "allow_to_deny", "allowed", "policy_denied")])
 
 
-def test_truncated_and_unrecorded_arguments_are_reported_as_such(recorded, tmp_path):
+async def _record_capped(tmp: Path) -> Path:
+    """A session whose audit log caps each value at 1 KiB (the smallest cap the writer takes)."""
+    audit = tmp / "audit.jsonl"
+    cfg = make_config(tmp, [everything_server("ev", tmp, RECORDED)], audit_log=str(audit), audit_max_value_bytes=1024)
+    async with running(cfg) as gw, client(gw.url("ev")) as s:
+        for args in ({"text": "short"}, {"text": "long " + "x" * 3000}, {"text": "[redacted]"}):
+            assert not (await s.call_tool("echo", args)).is_error
+    return audit
+
+
+def test_truncated_arguments_are_reported_as_such_and_a_literal_redacted_string_is_known(tmp_path):
+    audit = asyncio.run(_record_capped(tmp_path))
+    short, long_, literal = [r for r in read_audit(audit) if r["kind"] == "decision"]
+    assert long_["truncated"] == ["/arguments"] and long_["arguments"]["_mcpguard_truncated"] is True
+    # the writer lists what it changed, so this argument really is the string "[redacted]"
+    assert literal["arguments"] == {"text": "[redacted]"} and "redacted" not in literal
+
+    on_text = RECORDED.replace("[tools.status]", """\
+[[tools.echo.deny_if]]
+conditions = [{ path = "args.text", op = "eq", value = "[redacted]" }]
+
+[tools.status]""")
+    res = replay(audit, on_text, "--json", tmp=tmp_path)
+    assert res.returncode == 1, res.stderr
+    doc = as_json(res)
+    assert changed(doc) == [("echo", "[redacted]", "allow_to_deny", "allowed", "policy_denied")]
+    (u,) = doc["unknown_calls"]
+    assert (u["arguments"], u["unknown"]) == (None, [{"path": "args.text", "reason": "truncated",
+                                                      "rule": "tools.echo.deny_if[0]", "shadow": False}])
+    # a rule that reads no argument decides the truncated call all the same
+    doc2 = as_json(replay(audit, RECORDED.replace("max = 20", "max = 1"), "--json", tmp=tmp_path))
+    assert doc2["unknown"] == 0 and [c[1] for c in changed(doc2)] == ["", "[redacted]"]  # long (not held), literal
+
+
+def test_a_record_without_arguments_is_not_guessed(recorded, tmp_path):
     audit = tmp_path / "audit.jsonl"
-    lines = recorded.read_text().splitlines()
     out = []
-    for line in lines:
+    for line in recorded.read_text().splitlines():
         rec = json.loads(line)
-        if rec["kind"] == "decision" and rec["arguments"].get("text") == "b1":
-            rec["arguments"]["text"] = "b" + "x" * 20 + "…[truncated 4000 bytes]"
         if rec["kind"] == "decision" and rec["arguments"].get("text") == "b2":
             del rec["arguments"]
         out.append(json.dumps(rec))
@@ -340,13 +372,7 @@ conditions = [{ path = "args.text", op = "eq", value = "forbidden" }]
 
 [tools.status]""")
     doc = as_json(replay(audit, on_text, "--json", tmp=tmp_path))
-    assert [(u["arguments"], u["unknown"][0]["reason"]) for u in doc["unknown_calls"]] == [
-        ({"text": "b" + "x" * 20 + "…[truncated 4000 bytes]"}, "truncated"),
-        (None, "not recorded"),
-    ]
-    # a rule that reads no argument decides those calls all the same
-    doc2 = as_json(replay(audit, RECORDED.replace("max = 20", "max = 1"), "--json", tmp=tmp_path))
-    assert doc2["unknown"] == 0 and [c[1] for c in changed(doc2)][-1] == ""  # b2, arguments not recorded
+    assert [(u["arguments"], u["unknown"][0]["reason"]) for u in doc["unknown_calls"]] == [(None, "not recorded")]
 
 
 # --- bad input -----------------------------------------------------------------------
@@ -447,7 +473,16 @@ def test_what_would_change_compares_two_policies_on_the_same_calls(recorded):
 def test_recorded_call_from_a_record_dict_and_its_errors():
     rc = RecordedCall.from_record({"kind": "decision", "ts": 10, "server": "ev", "tool": "echo",
                                    "decision": "allowed", "arguments": {"token": "[redacted]"}})
-    assert (rc.grant, rc.session_id, rc.held, rc.action, rc.ts) == ("local", None, "marked", "allow", 10.0)
+    # a record that lists nothing it changed holds every value as received
+    assert (rc.grant, rc.session_id, rc.held, rc.changed, rc.action, rc.ts) == (
+        "local", None, "whole", None, "allow", 10.0)
+    listed = RecordedCall.from_record({"kind": "decision", "ts": 10, "server": "ev", "tool": "echo",
+                                       "decision": "allowed", "arguments": {"token": "[redacted]", "a/b": 1},
+                                       "redacted": ["/arguments/token", "/arguments/a~1b"]})
+    assert (listed.held, listed.changed) == ("marked", {"/token": "redacted", "/a~1b": "redacted"})
+    with pytest.raises(ValueError, match='"redacted" must be a list of JSON Pointers'):
+        RecordedCall.from_record({"kind": "decision", "ts": 10, "server": "ev", "tool": "t", "decision": "allowed",
+                                  "redacted": "/arguments/token"})
     with pytest.raises(ValueError, match='missing "tool"'):
         RecordedCall.from_record({"kind": "decision", "ts": 10, "server": "ev", "decision": "allowed"})
     with pytest.raises(ValueError, match='unknown decision "maybe" and no "action"'):

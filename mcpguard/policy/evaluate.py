@@ -11,7 +11,8 @@ when it goes.
 Shadow rules (`mode = "shadow"`, `shadow = true`; mcpguard's extension) are
 walked in the same order and decide as usual, but never deny: the first one
 that would have refused the call (or sent it for approval) is reported in
-`Decision.would*`, and later shadow rules are not looked at, since the call
+`Decision.shadow` (`decision.would`, `.would_rule`, ...), and later shadow
+rules are not looked at, since the call
 would not have got past that one. Enforcing rules after it still decide.
 Shadow limits are checked in their own counters (`shadow_counters`) and listed
 in `Decision.shadow_limits` for the gateway to consume there.
