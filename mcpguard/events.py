@@ -51,6 +51,12 @@ class CallDecided(Event):
     decision code (`allowed`, `policy_denied`, `rate_limited`, `hidden`,
     `approval_required`, `no_policy`, `tool_changed`); `rule` is the deciding
     rule's path (`tools.delete_run.deny_if[0]`) or None.
+
+    What shadow rules would have done (`mcpguard.policy.Decision.shadow_fields()`,
+    all None when nothing): `would` (`would_deny`, `would_rate_limit`,
+    `would_require_approval`), `would_code` (the code the call would have got),
+    `would_rule` (the shadow rule's path), `would_message` (what the agent
+    would have read), `would_retry_after_s` (seconds, for `would_rate_limit`).
     """
 
     call_id: str
@@ -62,6 +68,11 @@ class CallDecided(Event):
     message: str
     retry_after_s: float | None = None
     risk: str | None = None
+    would: str | None = None
+    would_code: str | None = None
+    would_rule: str | None = None
+    would_message: str | None = None
+    would_retry_after_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
