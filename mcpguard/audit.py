@@ -406,7 +406,9 @@ class AuditLog:
                 "tool": event.tool, "grant": who.get("grant"), "session": who.get("session"),
                 "client": who.get("client"), "arguments": who.get("arguments"), "decision": event.code,
                 "action": event.action, "rule": event.rule, "message": event.message,
-                "retry_after_s": event.retry_after_s, "risk": event.risk,
+                "retry_after_s": event.retry_after_s, "risk": event.risk, "would": event.would,
+                "would_code": event.would_code, "would_rule": event.would_rule, "would_message": event.would_message,
+                "would_retry_after_s": event.would_retry_after_s,
             })
         elif isinstance(event, ApprovalRequested):
             self._calls.setdefault(event.call_id, {})["digest"] = event.digest

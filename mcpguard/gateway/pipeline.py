@@ -8,7 +8,10 @@ or an upstream fault into the agent's answer. Every outcome is one
 the audit log and the console.
 
 1. `evaluate` (pure) against the server's policy, counters (checked, not
-   consumed) and the tool's risk. A denial ends the call.
+   consumed) and the tool's risk. A denial ends the call. Shadow rules
+   (`mode = "shadow"`) decide too but never refuse: what they would have
+   done goes into `CallDecided` (`would`, `would_code`, `would_rule`, ...),
+   and their limits count in the server's own `shadow_counters`.
 2. `require_approval`: held in `Approvals`, bound to the exact call by its
    digest (server, tool, arguments, policy version), until a person answers,
    the deadline passes (`approval_timeout`), or a policy edit decides it
@@ -141,6 +144,8 @@ class CallPipeline:
                 self._decided(call, late)
                 return self._refuse(call, Code.RATE_LIMITED, late.message, late.rule, t0,
                                     retry_after_s=late.retry_after_s, approver=approver)
+        if decision.shadow_limits:  # advisory: what the shadow limits would count; the call goes either way
+            h.shadow_counters.try_consume(decision.shadow_limits, call, time.monotonic())
         result = await self.forward(call, forward, outcome=outcome, approver=approver, t0=t0, edited=edited)
         return _with_approval_meta(result, approver, edited=True) if edited else result
 
@@ -180,7 +185,7 @@ class CallPipeline:
     def _evaluate(self, call: Call, risk: Any) -> Decision:
         h = self.handle
         return evaluate(call, h.policy, h.counters, time.monotonic(), risk=risk,
-                        tool_changed=call.tool in h.changed_tools)
+                        tool_changed=call.tool in h.changed_tools, shadow_counters=h.shadow_counters)
 
     async def _approval(self, call: Call, decision: Decision, risk: Any, t0: float,
                         on_wait: OnWait | None) -> Resolution | dict[str, Any]:
@@ -230,7 +235,7 @@ class CallPipeline:
             if pa.call.server != h.name:
                 continue
             d = evaluate(pa.call, h.policy, h.counters, now, risk=h.risk(pa.call.tool),
-                         tool_changed=pa.call.tool in h.changed_tools)
+                         tool_changed=pa.call.tool in h.changed_tools, shadow_counters=h.shadow_counters)
             if d.action == "deny":
                 self.approvals.resolve(pa.id, Resolution("policy_changed", approved=False, by="policy",
                                                          reason=f"the policy changed while the call waited: "
@@ -247,7 +252,7 @@ class CallPipeline:
         self.bus.publish(CallDecided(call_id=call.call_id, server=call.server, tool=call.tool,
                                      action=decision.action, code=decision.code, rule=decision.rule,
                                      message=decision.message, retry_after_s=decision.retry_after_s,
-                                     risk=getattr(decision.risk, "level", None)))
+                                     risk=getattr(decision.risk, "level", None), **decision.shadow_fields()))
 
     def _refuse(self, call: Call, code: Code, message: str, rule: str | None, t0: float, *,
                 retry_after_s: float | None = None, approver: str | None = None) -> dict[str, Any]:
