@@ -5,6 +5,8 @@
 host = "127.0.0.1"                # loopback by default
 port = 8765                       # 0: any free port
 url_file = ".mcpguard/url"        # where the listen URL is written
+control_file = ".mcpguard/control.json"  # the control endpoint's URL and token (0600), for console --attach
+control_token_env = ""            # take the control token from this variable (default: a new one each start)
 audit_log = ".mcpguard/audit.jsonl"
 audit_fsync = false               # fsync each audit record (slower)
 redact_keys = []                  # extra secret key fragments for the audit log (matched anywhere in a key)
@@ -133,7 +135,10 @@ class ConfigError(ValueError):
 class GatewayConfig:
     """`[gateway]`: listen address and shared settings.
 
-    `host`/`port` (0: any free port); `url_file`, `audit_log`: absolute
+    `host`/`port` (0: any free port); `control_file` (where the control
+    endpoint's URL and token are written for `console --attach`, None: not
+    written), `control_token` (from `control_token_env`; None: the gateway
+    makes one at each start; never in a repr); `url_file`, `audit_log`: absolute
     paths or None (off); `audit_fsync`; `redact_keys` (extra audit secret
     key fragments, matched anywhere in a key, on top of
     `mcpguard.audit.SECRET_KEYS`); `audit_max_value_bytes` (bytes one value
@@ -155,6 +160,8 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     url_file: Path | None = None
+    control_file: Path | None = None
+    control_token: str | None = field(default=None, repr=False)
     audit_log: Path | None = None
     audit_fsync: bool = False
     redact_keys: tuple[str, ...] = ()
@@ -322,7 +329,7 @@ def parse_config(text: str, path: str | os.PathLike[str] = "mcpguard.toml", *,
 
 # -- validation ----------------------------------------------------------------------------
 
-_GATEWAY_KEYS = ("host", "port", "url_file", "audit_log", "audit_fsync", "redact_keys", "audit_max_value_bytes",
+_GATEWAY_KEYS = ("host", "port", "url_file", "control_file", "control_token_env", "audit_log", "audit_fsync", "redact_keys", "audit_max_value_bytes",
                  "headless_approvals", "call_timeout", "allowed_origins", "max_sessions", "session_idle_timeout",
                  "request_read_timeout", "approve_for_session_ttl")
 _CONSOLE_KEYS = ("theme", "max_rows")
@@ -404,6 +411,19 @@ class _Builder:
             self.err((*path, key), "must be more than 0 seconds")
             return default
         return seconds
+
+    def secret_from_env(self, table: Mapping[str, Any], path: tuple[str, ...], key: str) -> str | None:
+        name = self.string(table, path, key, None, nonempty=False)
+        if not name:
+            return None
+        if not _ENV_NAME.match(name):
+            self.err((*path, key), f"{name!r} is not an environment variable name")
+            return None
+        value = self.environ.get(name)
+        if not value:
+            self.err((*path, key), f"environment variable {name} is not set (or empty)")
+            return None
+        return value
 
     def count(self, table: Mapping[str, Any], path: tuple[str, ...], key: str, what: str) -> int | None:
         v = table.get(key)
@@ -514,6 +534,8 @@ class _Builder:
             host=host,
             port=port,
             url_file=self.path_of(t, P, "url_file", ".mcpguard/url"),
+            control_file=self.path_of(t, P, "control_file", ".mcpguard/control.json"),
+            control_token=self.secret_from_env(t, P, "control_token_env"),
             audit_log=self.path_of(t, P, "audit_log", ".mcpguard/audit.jsonl"),
             audit_fsync=fsync,
             redact_keys=self.strings(t, P, "redact_keys"),

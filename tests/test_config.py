@@ -182,7 +182,7 @@ def test_every_problem_at_once_with_line_and_key(tmp_path):
         """)
     assert got == [
         ":37: extra: unknown key (known: gateway, console, servers, grants)",
-        ":2: gateway.hots: unknown key (known: host, port, url_file, audit_log, audit_fsync, redact_keys, "
+        ":2: gateway.hots: unknown key (known: host, port, url_file, control_file, control_token_env, audit_log, audit_fsync, redact_keys, "
         "audit_max_value_bytes, headless_approvals, call_timeout, allowed_origins, max_sessions, session_idle_timeout, "
         "request_read_timeout, approve_for_session_ttl)",
         ":3: gateway.port: must be a port number 0-65535 (0: any free port), not 70000",

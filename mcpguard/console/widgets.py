@@ -853,36 +853,48 @@ class ApprovalPrompt(Static):
 
 # -- status bar ----------------------------------------------------------------
 class StatusBar(Static):
-    """Listen URL, policy file and its state, calls per minute, denied, pending."""
+    """Pending, denied, calls per minute, the link to the gateway, listen URL, policy file and its state.
+
+    What a person must always see comes first and is never cut: pending
+    approvals, denials, the rate, and a lost link to the gateway; the URL is
+    shown whole when it fits; a policy error gets the room that is left.
+    """
 
     def show(self, *, url: str, policy: str, policy_error: str | None, calls_per_min: int,
-             denied: int, pending: int, dropped: int = 0) -> None:
+             denied: int, pending: int, dropped: int = 0, link: str | None = None) -> None:
+        width = self.size.width or 120
         t = Text(no_wrap=True, overflow="ellipsis")
-        if (self.size.width or 120) >= 100:
+        if width >= 100:
             t.append(" mcpguard ", style="bold reverse")
-        else:
-            url = url.removeprefix("http://")
-        t.append(f" {url} ", style="bold")
-        t.append("│ ", style="dim")
-        t.append(f"{policy} ")
-        if policy_error:
-            # keep the counts and pending in view: the error's line comes first, the rest may go
-            room = max(16, (self.size.width or 120) - 58)
-            err = policy_error if len(policy_error) <= room else policy_error[: room - 1] + "…"
-            t.append(f"✗ {err} ", style=f"bold {theme_color(self, 'error')}")
-        else:
-            t.append("ok ", style=theme_color(self, "success"))
-        t.append("│ ", style="dim")
-        t.append(f"{calls_per_min}/min ")
-        t.append("│ ", style="dim")
-        t.append(f"{denied} denied ", style=theme_color(self, "error") if denied else "")
-        t.append("│ ", style="dim")
+            t.append(" ")
         if pending:
             t.append(f" {pending} pending ", style=f"bold reverse {theme_color(self, 'pending')}")
         else:
             t.append("0 pending")
+        t.append(" │ ", style="dim")
+        t.append(f"{denied} denied", style=theme_color(self, "error") if denied else "")
+        t.append(" │ ", style="dim")
+        t.append(f"{calls_per_min}/min")
+        if link:
+            t.append(" │ ", style="dim")
+            t.append(f" {link} ", style=f"bold reverse {theme_color(self, 'error')}")
         if dropped:
             t.append(f" │ {dropped} events dropped", style=theme_color(self, "warning"))
+        t.append(" │ ", style="dim")
+        if t.cell_len + len(url) + 3 <= width or width >= 100:
+            t.append(url, style="bold")
+            if policy:
+                t.append(" │ ", style="dim")
+        if not policy:  # not started yet: nothing to say about a policy
+            pass
+        elif policy_error:
+            t.append(f"{policy} ")
+            room = max(12, width - t.cell_len - 3)
+            err = policy_error if len(policy_error) <= room else policy_error[: room - 1] + "…"
+            t.append(f"✗ {err}", style=f"bold {theme_color(self, 'error')}")
+        else:
+            t.append(f"{policy} ")
+            t.append("ok", style=theme_color(self, "success"))
         if t == getattr(self, "_shown", None):
             return
         self._shown = t
