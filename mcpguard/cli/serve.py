@@ -62,6 +62,14 @@ async def serve(config: Any, *, out: Any = None) -> int:
         print(f"mcpguard serve: {exc}", file=sys.stderr)
         await gw.stop()
         return 1
+    except RuntimeError as exc:
+        from mcpguard.telemetry import TelemetryUnavailable
+
+        if not isinstance(exc, TelemetryUnavailable):
+            raise
+        print(f"mcpguard serve: {exc}", file=sys.stderr)  # an install to make, said plainly
+        await gw.stop()
+        return 1
     print(f"mcpguard {getattr(sys.modules.get('mcpguard'), '__version__', '')} serving on {gw.base_url}", file=out)
     for name, h in gw.servers.items():
         policy = str(h.policy_path) if h.policy is not None else "NO POLICY: every call is denied"

@@ -51,7 +51,11 @@ class Gateway:
     `gateway.url_file`; `await stop()` denies pending approvals, closes
     sessions and stops upstream processes. Neither raises for a failing
     upstream: its `ServerHandle.state` says `restarting`/`down`. `start()`
-    raises `OSError` when the listen address cannot be bound.
+    raises `OSError` when the listen address cannot be bound, and
+    `mcpguard.telemetry.TelemetryUnavailable` when `[telemetry]` is on but
+    the OpenTelemetry SDK is not installed. With telemetry on
+    (`config.telemetry.enabled`), `telemetry` is the running
+    `mcpguard.telemetry.Telemetry` (spans, metrics; flushed by `stop()`).
 
     `servers[name]` is the `ServerHandle`; `pools[name]` its `UpstreamPool`;
     `pipelines[name]` its `CallPipeline`.
@@ -68,6 +72,7 @@ class Gateway:
         self.headless_approvals = gw.headless_approvals
         self.grants = dict(config.grants)
         self.audit: Any = None
+        self.telemetry: Any = None  # a mcpguard.telemetry.Telemetry while running, when [telemetry] is on
         self.servers: dict[str, ServerHandle] = {}
         self.pools: dict[str, UpstreamPool] = {}
         self.pipelines: dict[str, CallPipeline] = {}
@@ -83,7 +88,8 @@ class Gateway:
             pipeline = CallPipeline(h, self.approvals, self.bus, interactive=interactive,
                                     headless_approvals=gw.headless_approvals)
             self.servers[name], self.pools[name], self.pipelines[name] = h, pool, pipeline
-            self.endpoints[name] = Endpoint(h, pool, pipeline, self.bus, security)
+            self.endpoints[name] = Endpoint(h, pool, pipeline, self.bus, security,
+                                            telemetry=config.telemetry.enabled)
         app: Any = GatewayApp(self.endpoints)
         app = with_grants(app, self.grants) if self.grants else LoopbackOnly(app)
         self._http = HttpServer(app, self.host, self.port, read_timeout_s=gw.request_read_timeout_s)
@@ -136,6 +142,11 @@ class Gateway:
         if self._started:
             return
         self._started = True
+        if self.config.telemetry.enabled:
+            from mcpguard.telemetry import Telemetry  # imported only when on: no cost when off
+
+            self.telemetry = Telemetry(self.config.telemetry, self.bus)
+            self.telemetry.start()  # TelemetryUnavailable when the SDK is not installed
         gw = self.config.gateway
         if gw.audit_log:
             from mcpguard.audit import AuditLog
@@ -176,6 +187,10 @@ class Gateway:
         await asyncio.gather(*(pool.close() for pool in self.pools.values()), return_exceptions=True)
         for h in self.servers.values():
             h.set_state("down", "stopped")
+        if self.telemetry is not None:
+            # exports what is buffered: blocking HTTP for up to the exporter's timeout, so off the loop
+            await asyncio.to_thread(self.telemetry.shutdown)
+            self.telemetry = None
         if self._detach_audit is not None:
             self._detach_audit()
             self._detach_audit = None
