@@ -45,6 +45,9 @@ Metrics (instruments of meter `mcpguard`):
   its answer, approval wait included, by the same attributes;
 - `mcpguard.approvals.pending` (up-down counter, `{approval}`): calls
   waiting for a person now, by `mcpguard.server`, `gen_ai.tool.name`.
+A tool name is the agent's to choose; the SDK's cardinality limit per
+metric (2000 attribute sets, then one overflow set) keeps random names from
+growing the metrics without end.
 
 The OTel API's global tracer provider can be set only once per process, and
 the SDK's middleware and dispatcher trace through it; a gateway's telemetry
@@ -85,6 +88,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SERVICE_NAME = "mcpguard"
 INSTRUMENTATION = "mcpguard"
+#: calls whose decision or approval wait is kept until their CallCompleted; a cancelled call never gets
+#: one, so past this many the oldest are forgotten
+MAX_OPEN_CALLS = 10_000
 
 
 class TelemetryUnavailable(RuntimeError):
@@ -186,8 +192,10 @@ class Telemetry:
                     span.set_attribute("mcp.session.id", event.session_id)
         elif isinstance(event, CallDecided):
             self._decided[event.call_id] = event
+            _bound(self._decided)
         elif isinstance(event, ApprovalRequested):
             self._waiting[event.call_id] = event.ts
+            _bound(self._waiting)
             self.pending.add(1, {"mcpguard.server": event.server, "gen_ai.tool.name": event.tool})
         elif isinstance(event, ApprovalResolved):
             asked = self._waiting.pop(event.call_id, None)
@@ -195,6 +203,7 @@ class Telemetry:
                 self.pending.add(-1, {"mcpguard.server": event.server, "gen_ai.tool.name": event.tool})
                 if event.outcome != "cancelled":  # a cancelled call gets no CallCompleted
                     self._waited_ms[event.call_id] = max(0.0, (event.ts - asked) * 1000.0)
+                    _bound(self._waited_ms)
         elif isinstance(event, CallCompleted):
             self._completed(event)
         elif isinstance(event, MalformedRequest):
@@ -220,6 +229,11 @@ class Telemetry:
             span.set_attribute("mcpguard.approver", event.approver)
         if waited_ms is not None:
             span.set_attribute("mcpguard.approval_wait_ms", waited_ms)
+
+
+def _bound(open_calls: dict[str, Any]) -> None:
+    while len(open_calls) > MAX_OPEN_CALLS:
+        open_calls.pop(next(iter(open_calls)))  # the oldest: dicts keep insertion order
 
 
 def _recording_span() -> Any:

@@ -226,3 +226,17 @@ def _result_text(r: httpx2.Response) -> str:
         data = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")]
         return json.loads(data[-1])["result"]["content"][0]["text"]
     return r.json()["result"]["content"][0]["text"]
+
+
+async def test_telemetry_without_the_sdk_is_a_plain_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[telemetry] on, the SDK missing (as after `pip install mcpguard` without the otel extra): start() says
+    what to install instead of failing deep in an import."""
+    from mcpguard.gateway import Gateway
+    from mcpguard.telemetry import TelemetryUnavailable
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # an import of it raises ImportError
+    cfg = make_config(tmp_path, [everything_server("ev", tmp_path)], telemetry={"otlp_endpoint": "http://127.0.0.1:9"})
+    gw = Gateway(cfg)
+    with pytest.raises(TelemetryUnavailable, match=r"pip install 'mcpguard\[otel\]'"):
+        await gw.start()
+    await gw.stop()

@@ -80,6 +80,10 @@ async def serve(config: Any, *, out: Any = None) -> int:
         print(f"  grants: {', '.join(gw.grants)} (Authorization: Bearer <token>)", file=out)
     else:
         print("  no grants: loopback clients only, as grant 'local'", file=out)
+    tel = config.telemetry
+    if tel.enabled:
+        where = tel.otlp_endpoint or "the OTEL_EXPORTER_OTLP_* endpoint"
+        print(f"  telemetry: OpenTelemetry traces and metrics over OTLP/HTTP to {where}", file=out)
     print(f"  approvals: {gw.headless_approvals} (no console attached); Ctrl-C stops", file=out)
     out.flush()
     from mcpguard.reload import PolicyFiles
