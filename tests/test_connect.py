@@ -126,8 +126,27 @@ async def test_modern_client_through_connect_with_a_token(tmp_path: Path, era: s
             assert seen == ["step 1", "step 2"]
             res = await c.call_tool("sample", {"prompt": "round trip"})
             assert res.content[0].text == "sampled: ROUND TRIP"
+            # cancelling: the client's notifications/cancelled ends the request's POST (2026-07-28 cancels by
+            # closing the stream), and the gateway cancels the upstream call
+            started = asyncio.Event()
+
+            async def on_start(progress: float, total: float | None, message: str | None) -> None:
+                started.set()
+
+            task = asyncio.create_task(c.call_tool("slow", {"seconds": 30}, progress_callback=on_start))
+            await asyncio.wait_for(started.wait(), 20)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            text = ""
+            for _ in range(100):
+                text = (await c.call_tool("status", {})).content[0].text
+                if "'cancelled': 1" in text:
+                    break
+                await asyncio.sleep(0.05)
+            assert "'cancelled': 1" in text
     records = [r for r in read_audit(cfg.gateway.audit_log) if r["kind"] == "decision"]
-    assert [(r["tool"], r["decision"], r["grant"]) for r in records] == [
+    assert [(r["tool"], r["decision"], r["grant"]) for r in records][:4] == [
         ("echo", "allowed", "ci"), ("delete_thing", "policy_denied", "ci"), ("progress", "allowed", "ci"),
         ("sample", "allowed", "ci")]
     assert TOKEN not in (tmp_path / "audit.jsonl").read_text()
