@@ -53,8 +53,8 @@ import httpx2
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.stdio import stdio_server
 from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
+from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp.shared.message import ClientMessageMetadata, SessionMessage
-from pydantic import ValidationError
 from mcp_types import (
     CONNECTION_CLOSED,
     INTERNAL_ERROR,
@@ -67,6 +67,7 @@ from mcp_types import (
     JSONRPCRequest,
     JSONRPCResponse,
 )
+from pydantic import ValidationError
 
 from mcpguard.gateway import eras
 
@@ -200,6 +201,9 @@ class _Wire:
     def sent(self, message: Any) -> None:
         if isinstance(message, JSONRPCRequest):
             self.pending[message.id] = message.method
+        elif isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled":
+            # a cancelled request may never be answered (2026-07-28: its POST is closed), so none is awaited
+            self.pending.pop(cancelled_request_id_from_params(message.params), None)
 
     def answered(self, message: Any) -> None:
         if not isinstance(message, (JSONRPCResponse, JSONRPCError)):
