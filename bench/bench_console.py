@@ -164,7 +164,7 @@ async def bench_app(args: argparse.Namespace, work: Path) -> dict:
         f'policy = {json.dumps(str(work / "echo.toml"))}\nstderr_log = {json.dumps(str(work / "echo.stderr.log"))}\n'
     )
     gw = Gateway(load_config(work / "mcpguard.toml"))
-    app = ConsoleApp(gw, theme_name="dark", max_rows=args.max_rows)
+    app = ConsoleApp.embedded(gw, theme_name="dark", max_rows=args.max_rows)
     res: dict = {"rss_boot_mb": rss_mb()}
     proc: asyncio.subprocess.Process | None = None
     async with app.run_test(size=SIZE) as pilot:

@@ -97,6 +97,7 @@ from pathlib import Path
 from typing import Any
 
 from mcpguard.events import (
+    ApprovalRequested,
     ApprovalResolved,
     CallCompleted,
     CallDecided,
@@ -106,6 +107,7 @@ from mcpguard.events import (
     MalformedRequest,
     PolicyRejected,
     PolicyReloaded,
+    SessionApprovalChanged,
     ToolChanged,
 )
 
@@ -126,7 +128,8 @@ MIN_MAX_VALUE_BYTES = 1024
 PREVIEW_CHARS = 256
 """Characters of a truncated value kept in the marker's `preview`."""
 TRUNCATED = "_mcpguard_truncated"
-KINDS = ("decision", "completion", "policy_reloaded", "policy_rejected", "tool_changed", "malformed")
+KINDS = ("decision", "approval", "completion", "policy_reloaded", "policy_rejected", "tool_changed", "malformed",
+         "session_approval")
 
 _MAX_PENDING_CALLS = 10_000
 
@@ -380,11 +383,15 @@ class AuditLog:
     def record_event(self, event: Event) -> None:
         """Write the audit record an event stands for (none for some).
 
-        `CallReceived` and `ApprovalResolved` are remembered (arguments and
-        caller; approver) and fill the `decision` record of `CallDecided` and
-        the `completion` record of `CallCompleted`; `PolicyReloaded`,
-        `PolicyRejected` and `ToolChanged` give their own kinds. Other events
-        are ignored.
+        `CallReceived`, `ApprovalRequested` and `ApprovalResolved` are
+        remembered (arguments and caller; the approval's digest; approver and
+        reason) and fill the `decision` record of `CallDecided` and the
+        `completion` record of `CallCompleted`; `approval` records what a
+        person was asked and answered (`digest`, `approver`, `reason`, and
+        for an edit `approved_arguments` with their `approved_digest`);
+        `PolicyReloaded`, `PolicyRejected`, `ToolChanged`, `MalformedRequest`
+        and `SessionApprovalChanged` give their own kinds. Other events are
+        ignored.
         """
         ts = event.ts
         if isinstance(event, CallReceived):
@@ -399,17 +406,31 @@ class AuditLog:
                 "tool": event.tool, "grant": who.get("grant"), "session": who.get("session"),
                 "client": who.get("client"), "arguments": who.get("arguments"), "decision": event.code,
                 "action": event.action, "rule": event.rule, "message": event.message,
-                "retry_after_s": event.retry_after_s, "risk": event.risk,
+                "retry_after_s": event.retry_after_s, "risk": event.risk, "would": event.would,
+                "would_code": event.would_code, "would_rule": event.would_rule, "would_message": event.would_message,
+                "would_retry_after_s": event.would_retry_after_s,
             })
+        elif isinstance(event, ApprovalRequested):
+            self._calls.setdefault(event.call_id, {})["digest"] = event.digest
         elif isinstance(event, ApprovalResolved):
-            self._calls.setdefault(event.call_id, {})["approver"] = event.by
+            who = self._calls.setdefault(event.call_id, {})
+            who["approver"] = event.by
+            record: dict[str, Any] = {
+                "kind": "approval", "ts": ts, "call_id": event.call_id, "server": event.server, "tool": event.tool,
+                "session": who.get("session"), "approval_id": event.approval_id, "outcome": event.outcome,
+                "approved": event.approved, "approver": event.by, "reason": event.reason,
+                "for_session": event.for_session or None, "digest": event.digest or who.get("digest"),
+                "approved_arguments": event.arguments, "approved_digest": event.approved_digest,
+            }
+            self.record(record)
         elif isinstance(event, CallCompleted):
             who = self._calls.pop(event.call_id, {})
             self.record({
                 "kind": "completion", "ts": ts, "call_id": event.call_id, "server": event.server,
                 "tool": event.tool, "grant": who.get("grant"), "session": who.get("session"),
                 "client": who.get("client"), "decision": event.outcome,
-                "approver": event.approver or who.get("approver"),
+                "approver": event.approver or who.get("approver"), "digest": who.get("digest"),
+                "arguments": event.arguments,
                 "duration_ms": round(event.duration_ms, 3), "is_error": event.is_error,
                 "result_size": event.result_size, "error": event.error,
             })
@@ -423,6 +444,10 @@ class AuditLog:
             self.record({"kind": "malformed", "ts": ts, "server": event.server, "method": event.method,
                          "tool": event.tool, "arguments": event.arguments, "grant": event.grant,
                          "session": event.session_id, "decision": event.code, "message": event.reason})
+        elif isinstance(event, SessionApprovalChanged):
+            self.record({"kind": "session_approval", "ts": ts, "server": event.server, "session": event.session_id,
+                         "tool": event.tool, "approver": event.by, "granted": event.granted,
+                         "expires_at": iso_utc(event.expires_at), "message": event.why or None})
         elif isinstance(event, ToolChanged):
             self.record({"kind": "tool_changed", "ts": ts, "server": event.server, "tool": event.tool,
                          "old_fingerprint": event.old_fingerprint, "new_fingerprint": event.new_fingerprint})

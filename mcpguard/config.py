@@ -10,6 +10,7 @@ audit_fsync = false               # fsync each audit record (slower)
 redact_keys = []                  # extra secret key fragments for the audit log (matched anywhere in a key)
 audit_max_value_bytes = 65536     # a longer audit value (arguments, error, ...) is kept as size, sha256, preview
 headless_approvals = "deny"       # "deny" | "wait": approvals with no console attached
+approve_for_session_ttl = "1h"    # how long "approve for this session" lasts
 call_timeout = "60s"              # per-call upstream timeout
 allowed_origins = []              # extra Origin values accepted (DNS rebinding checks)
 max_sessions = 1000               # default cap of open agent sessions per server (see below)
@@ -153,7 +154,8 @@ class GatewayConfig:
     (seconds, per upstream call); `allowed_origins` (extra `Origin` values
     accepted besides loopback ones, MCP 2025-06-18, Streamable HTTP
     §Security Warning: servers must validate Origin against DNS rebinding);
-    `max_sessions` (the servers' default cap of open agent sessions, None:
+    `approve_for_session_ttl_s` (seconds an "approve for this session"
+    lasts), `max_sessions` (the servers' default cap of open agent sessions, None:
     each server's own default), `session_idle_timeout_s` (seconds),
     `request_read_timeout_s` (seconds a connection may take to send a whole
     request, head and body, before it is closed; also how long an idle
@@ -171,6 +173,7 @@ class GatewayConfig:
     call_timeout_s: float = 60.0
     allowed_origins: tuple[str, ...] = ()
     max_sessions: int | None = None
+    approve_for_session_ttl_s: float = 3600.0
     session_idle_timeout_s: float = DEFAULT_SESSION_IDLE_TIMEOUT_S
     request_read_timeout_s: float = DEFAULT_REQUEST_READ_TIMEOUT_S
 
@@ -362,7 +365,7 @@ def parse_config(text: str, path: str | os.PathLike[str] = "mcpguard.toml", *,
 
 _GATEWAY_KEYS = ("host", "port", "url_file", "audit_log", "audit_fsync", "redact_keys", "audit_max_value_bytes",
                  "headless_approvals", "call_timeout", "allowed_origins", "max_sessions", "session_idle_timeout",
-                 "request_read_timeout")
+                 "request_read_timeout", "approve_for_session_ttl")
 _CONSOLE_KEYS = ("theme", "max_rows")
 _TELEMETRY_KEYS = ("otlp_endpoint", "service_name")
 _STDIO_KEYS = ("command", "args", "env", "cwd", "stderr_log")
@@ -563,6 +566,7 @@ class _Builder:
             call_timeout_s=self.duration(t, P, "call_timeout", 60.0),
             allowed_origins=tuple(o.rstrip("/") for o in origins),
             max_sessions=self.count(t, P, "max_sessions", "sessions"),
+            approve_for_session_ttl_s=self.duration(t, P, "approve_for_session_ttl", 3600.0),
             session_idle_timeout_s=self.duration(t, P, "session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT_S),
             request_read_timeout_s=self.duration(t, P, "request_read_timeout", DEFAULT_REQUEST_READ_TIMEOUT_S),
         )

@@ -51,6 +51,12 @@ class CallDecided(Event):
     decision code (`allowed`, `policy_denied`, `rate_limited`, `hidden`,
     `approval_required`, `no_policy`, `tool_changed`); `rule` is the deciding
     rule's path (`tools.delete_run.deny_if[0]`) or None.
+
+    What shadow rules would have done (`mcpguard.policy.Decision.shadow_fields()`,
+    all None when nothing): `would` (`would_deny`, `would_rate_limit`,
+    `would_require_approval`), `would_code` (the code the call would have got),
+    `would_rule` (the shadow rule's path), `would_message` (what the agent
+    would have read), `would_retry_after_s` (seconds, for `would_rate_limit`).
     """
 
     call_id: str
@@ -62,11 +68,20 @@ class CallDecided(Event):
     message: str
     retry_after_s: float | None = None
     risk: str | None = None
+    would: str | None = None
+    would_code: str | None = None
+    would_rule: str | None = None
+    would_message: str | None = None
+    would_retry_after_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ApprovalRequested(Event):
-    """A call waits for a person; `deadline` is epoch seconds, then it is denied."""
+    """A call waits for a person; `deadline` is epoch seconds, then it is denied.
+
+    `digest` binds the approval to the exact call (`approvals.call_digest`:
+    server, tool, arguments, policy version); `rule` asked for it.
+    """
 
     approval_id: str
     call_id: str
@@ -79,6 +94,8 @@ class ApprovalRequested(Event):
     risk: str | None
     reason: str | None
     deadline: float
+    digest: str = ""
+    rule: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +106,10 @@ class ApprovalResolved(Event):
     let through by a policy change; see `approved`), `cancelled` (the caller
     went away). `by` names who resolved it (`console`, `timeout`, `policy`,
     `shutdown`, ...). `for_session` is true for "approve this tool for this
-    session".
+    session"; `arguments` are the ones a person approved instead of the
+    agent's (None: unchanged); `reason` is a person's reason for a denial;
+    `digest` the call's digest as asked, `approved_digest` that of the
+    edited call a person approved instead.
     """
 
     approval_id: str
@@ -101,6 +121,46 @@ class ApprovalResolved(Event):
     by: str | None = None
     reason: str | None = None
     for_session: bool = False
+    arguments: dict[str, Any] | None = None
+    digest: str = ""
+    approved_digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionApprovalChanged(Event):
+    """A tool approved for the rest of an MCP session (`granted`), or that approval ended.
+
+    `expires_at` is epoch seconds; `why` says how it ended (`expired`,
+    `revoked by ...`, `the session ended`).
+    """
+
+    server: str
+    session_id: str
+    tool: str
+    by: str
+    expires_at: float
+    granted: bool
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpened(Event):
+    """A handshake-era agent session opened on a server (`protocol_version` as negotiated)."""
+
+    server: str
+    session_id: str
+    grant: str
+    client: str | None
+    protocol_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed(Event):
+    """An agent session ended (the agent closed it, it went idle, or a person ended it)."""
+
+    server: str
+    session_id: str
+    why: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +186,7 @@ class CallCompleted(Event):
     result: dict[str, Any] | None = None
     error: str | None = None
     approver: str | None = None
+    arguments: dict[str, Any] | None = None  # the arguments forwarded, when a person changed them
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +205,18 @@ class CounterChanged(Event):
 
 @dataclass(frozen=True, slots=True)
 class PolicyReloaded(Event):
-    """A new policy was validated and applied; `diff` is a short unified diff."""
+    """A new policy was validated and applied; `diff` is a short unified diff.
+
+    `source`: `file` (changed on disk), `console` (a tune key), `editor`,
+    `undo`; `by` who changed it, `label` the change as a person said it.
+    """
 
     server: str
     path: str
     diff: str = ""
     source: str = "file"
+    by: str | None = None
+    label: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,42 +187,51 @@ class Counters:
         return self._now
 
     # -- internals ---------------------------------------------------------
-    def _log(self, limit: LimitLike, key: tuple[str, str, str], create: bool) -> _Log | None:
-        log = self._logs.get(key)
-        if log is None:
-            if not create:
-                return None
-            log = self._logs[key] = _Log(limit.max, float(limit.window_s))
-        else:
-            # the newest limit seen decides what gauges show
-            log.max = limit.max
-            log.window_s = float(limit.window_s)
-        if limit.window_s > log.longest_s:
-            log.longest_s = float(limit.window_s)
-        return log
-
     def _refusal(self, limits: Sequence[LimitLike], call: Call, now: float,
-                 create: bool) -> tuple[RateLimited | None, list[tuple[tuple[str, str, str], _Log]]]:
-        now = self._clock(now)
+                 create: bool) -> tuple[RateLimited | None, dict[tuple[str, str, str], _Log]]:
+        # every call of the gateway and of a replay comes here (twice: check, then
+        # try_consume), so the scope key, the log lookup, pruning and counting are
+        # written out here rather than calling scope_key, _Log.prune and _Log.count
+        if now > self._now:
+            self._now = now
+        else:
+            now = self._now
         refused: RateLimited | None = None
-        seen: list[tuple[tuple[str, str, str], _Log]] = []
+        seen: dict[tuple[str, str, str], _Log] = {}
+        logs = self._logs
         for limit in limits:
-            skey = scope_key(limit, call)
-            key = (limit.counter, limit.scope, skey)
-            log = self._log(limit, key, create)
-            if log is None:  # a counter never used: empty, so only max <= 0 refuses
-                if limit.max <= 0:
-                    r = RateLimited(limit, skey, float(limit.window_s), 0, limit.max)
-                    if refused is None or r.retry_after_s > refused.retry_after_s:
-                        refused = r
-                continue
-            log.prune(now)
-            if all(k != key for k, _ in seen):
-                seen.append((key, log))
-            count = log.count(now, limit.window_s)
+            scope = limit.scope
+            if scope == "grant":
+                skey = call.grant
+            elif scope == "session":
+                skey = call.session_id or "-"
+            else:
+                skey = scope_key(limit, call)
+            key = (limit.counter, scope, skey)
+            log = logs.get(key)
+            window_s = float(limit.window_s)
+            if log is None:
+                if not create:  # a counter never used: empty, so only max <= 0 refuses
+                    if limit.max <= 0:
+                        r = RateLimited(limit, skey, window_s, 0, limit.max)
+                        if refused is None or r.retry_after_s > refused.retry_after_s:
+                            refused = r
+                    continue
+                log = logs[key] = _Log(limit.max, window_s)
+            else:
+                # the newest limit seen decides what gauges show
+                log.max = limit.max
+                log.window_s = window_s
+                if window_s > log.longest_s:
+                    log.longest_s = window_s
+            times = log.times
+            longest = log.longest_s
+            while times and times[0] + longest <= now:
+                times.popleft()
+            seen[key] = log
+            count = len(times) if window_s >= longest else len(times) - log.first_in_window(now, window_s)
             if count >= limit.max:
-                r = RateLimited(limit, skey, log.retry_after(now, limit.window_s, limit.max),
-                                count, limit.max)
+                r = RateLimited(limit, skey, log.retry_after(now, window_s, limit.max), count, limit.max)
                 if refused is None or r.retry_after_s > refused.retry_after_s:
                     refused = r
         return refused, seen
@@ -258,7 +267,7 @@ class Counters:
         if refused is not None:
             return refused
         now = self._now
-        for key, log in seen:
+        for key, log in seen.items():
             log.times.append(now)
             if self.bus is not None:
                 self._publish(key, log, now)

@@ -101,6 +101,13 @@ class PolicyFiles:
                 except PolicyError:  # changed since the gateway loaded it: the next reload says why
                     pass
 
+    def sync_applied(self) -> None:
+        """Take the texts of the policies that run now as the applied ones (the gateway loaded them itself)."""
+        for name, handle in self.gw.servers.items():
+            source = getattr(getattr(handle, "policy", None), "source", None)
+            if source is not None and not handle.policy_errors and name not in self._applied:
+                self._applied[name] = source.text
+
     # -- paths -------------------------------------------------------------
     def path(self, server: str) -> Path | None:
         p = getattr(self.gw.servers[server], "policy_path", None)
@@ -134,12 +141,15 @@ class PolicyFiles:
         except PolicyError as exc:
             return None, tuple(str(i) for i in exc.issues)
 
-    def apply_text(self, server: str, text: str, *, source: str = "file") -> ReloadResult:
+    def apply_text(self, server: str, text: str, *, source: str = "file", by: str | None = None,
+                   label: str | None = None) -> ReloadResult:
         """Validate `text` and, if good, make it `server`'s running policy.
 
         A rejected text changes nothing that runs: the last good policy keeps
         deciding calls; the server's `policy_errors` and a `PolicyRejected`
-        event carry the errors.
+        event carry the errors. `by` (who changed it) and `label` (what the
+        change was, as a person said it: `echo max +1`) go into the
+        `PolicyReloaded` event and the audit record.
         """
         old = self._applied.get(server)
         if old is not None and old == text and not self.gw.servers[server].policy_errors:
@@ -152,8 +162,9 @@ class PolicyFiles:
         self.gw.set_policy(server, policy)
         self.gw.servers[server].policy_errors = []
         self._applied[server] = text
-        self.gw.bus.publish(PolicyReloaded(server=server, path=path, diff=diff, source=source))
-        self._audit({"kind": "policy_reloaded", "server": server, "path": path, "diff": diff, "source": source})
+        self.gw.bus.publish(PolicyReloaded(server=server, path=path, diff=diff, source=source, by=by, label=label))
+        self._audit({"kind": "policy_reloaded", "server": server, "path": path, "diff": diff, "source": source,
+                     "by": by, "label": label})
         return ReloadResult(server, applied=True, diff=diff)
 
     def _reject(self, server: str, errors: tuple[str, ...]) -> ReloadResult:
@@ -227,7 +238,8 @@ class PolicyFiles:
         return self.apply_text(server, text, source="file")
 
     # -- edits from the console ------------------------------------------
-    def edit(self, server: str, fn: Callable[[str, str], str]) -> ReloadResult:
+    def edit(self, server: str, fn: Callable[[str, str], str], *, by: str | None = None,
+             label: str | None = None) -> ReloadResult:
         """Apply `fn(text, fmt) -> new_text` to the file, validated, written, applied.
 
         Raises EditError (nothing written) when the edit cannot be made or the
@@ -245,9 +257,9 @@ class PolicyFiles:
             raise EditError("the edit would make the policy invalid: " + "; ".join(errors))
         write_atomic(p, after)
         self._undo.append((server, before))
-        return self.apply_text(server, after, source="console")
+        return self.apply_text(server, after, source="console", by=by, label=label)
 
-    def save_text(self, server: str, text: str) -> ReloadResult:
+    def save_text(self, server: str, text: str, *, by: str | None = None) -> ReloadResult:
         """The editor's ctrl+s: validate `text`, write it atomically, apply it.
 
         A text that fails validation is neither written nor applied.
@@ -262,12 +274,12 @@ class PolicyFiles:
         write_atomic(p, text)
         if before != text:
             self._undo.append((server, before))
-        return self.apply_text(server, text, source="editor")
+        return self.apply_text(server, text, source="editor", by=by, label="saved from the editor")
 
     def can_undo(self) -> bool:
         return bool(self._undo)
 
-    def undo(self) -> ReloadResult | None:
+    def undo(self, *, by: str | None = None) -> ReloadResult | None:
         """Put back the text from before the last edit (written and applied); None if none."""
         if not self._undo:
             return None
@@ -275,7 +287,7 @@ class PolicyFiles:
         p = self.path(server)
         assert p is not None
         write_atomic(p, text)
-        return self.apply_text(server, text, source="undo")
+        return self.apply_text(server, text, source="undo", by=by, label="undo")
 
     # -- watching ----------------------------------------------------------
     async def watch(self, stop_event: asyncio.Event | None = None,

@@ -200,8 +200,11 @@ async def test_attached_to_the_bus_it_records_decisions_and_completions(tmp_path
     detach()
     bus.publish(PolicyRejected(server="mlflow", path="p.toml", errors=("p.toml:1:1: bad",)))
 
-    decision, completion, changed = read_audit(path)
+    decision, approval, completion, changed = read_audit(path)
     assert decision["kind"] == "decision" and decision["call_id"] == "c7"
+    assert {k: approval.get(k) for k in ("kind", "call_id", "outcome", "approved", "approver", "session")} == {
+        "kind": "approval", "call_id": "c7", "outcome": "approved", "approved": True, "approver": "console",
+        "session": "sess-1"}
     assert {k: decision[k] for k in ("server", "tool", "grant", "session", "client", "decision", "rule", "risk")} == {
         "server": "mlflow", "tool": "transition_model_version_stage", "grant": "ci", "session": "sess-1",
         "client": "claude-code", "decision": "approval_required", "rule": "tools.transition_model_version_stage",

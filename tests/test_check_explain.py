@@ -126,3 +126,60 @@ def test_explain_bad_args_exit_2():
     res = mcpguard("explain", SAMPLE, "get_run", "--args", '["not", "an", "object"]')
     assert res.returncode == 2
     assert "--args must be a JSON object" in res.stderr
+
+
+SHADOW_TRIAL = """\
+version = "1"
+default = "deny"
+
+[tools.set_model_alias]
+action = "require_approval"
+mode = "shadow"
+
+[tools.delete_model_version]
+[[tools.delete_model_version.deny_if]]
+conditions = [{ path = "args.version", op = "lte", value = 2 }]
+on_deny = "Old versions stay."
+mode = "shadow"
+[[tools.delete_model_version.limits]]
+counter = "deletes_trial"
+window = "hour"
+max = 3
+mode = "shadow"
+"""
+
+
+def test_explain_marks_shadow_steps_and_says_what_they_would_do(tmp_path):
+    p = tmp_path / "trial.toml"
+    p.write_text(SHADOW_TRIAL)
+    res = mcpguard("explain", p, "delete_model_version", "--args", '{"name": "m", "version": "1"}')
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "delete_model_version" in out and ": allow  code allowed, rule tools.delete_model_version" in out
+    assert "shadow: would deny  code policy_denied, rule tools.delete_model_version.deny_if[0]" in out
+    assert "the agent would read: delete_model_version is denied by policy: Old versions stay." in out
+    assert row(out, "3") == ["3", "tools.delete_model_version.deny_if[0] (shadow)", "would_deny",
+                             "args.version lte 2: holds"]
+    # a call the shadow rules would refuse counts in no shadow counter
+    assert "counts against (shadow)" not in out
+
+    newer = mcpguard("explain", p, "delete_model_version", "--args", '{"name": "m", "version": "7"}')
+    assert "shadow: no shadow rule would change this decision" in newer.stdout
+    assert "counts against (shadow): deletes_trial (3 calls per hour per grant)" in newer.stdout
+    assert row(newer.stdout, "4") == ["4", "tools.delete_model_version.limits[0] (shadow)", "pass",
+                                      "shadow counter deletes_trial: under 3 calls per hour per grant"]
+
+    alias = mcpguard("explain", p, "set_model_alias", "--args", '{"name": "m", "alias": "a", "version": "1"}')
+    assert ": allow  code allowed, rule tools.set_model_alias.mode" in alias.stdout
+    assert "shadow: would require approval  code approval_required, rule tools.set_model_alias.action" in alias.stdout
+
+
+def test_check_marks_shadow_rules_and_counts_shadow_counters(tmp_path):
+    p = tmp_path / "trial.toml"
+    p.write_text(SHADOW_TRIAL)
+    res = mcpguard("check", p)
+    assert res.returncode == 0, res.stderr
+    assert row(res.stdout, "set_model_alias")[:3] == ["set_model_alias", "allow", "shadow: approval"]
+    assert row(res.stdout, "delete_model_version")[:4] == ["delete_model_version", "allow", "1 deny_if shadow",
+                                                           "3/h shadow"]
+    assert "2 tools: 2 allowed, 0 need approval, 0 denied, 0 hidden; 0 counters, 1 shadow counters" in res.stdout

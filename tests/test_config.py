@@ -185,7 +185,7 @@ def test_every_problem_at_once_with_line_and_key(tmp_path):
         ":37: extra: unknown key (known: gateway, console, servers, grants, telemetry)",
         ":2: gateway.hots: unknown key (known: host, port, url_file, audit_log, audit_fsync, redact_keys, "
         "audit_max_value_bytes, headless_approvals, call_timeout, allowed_origins, max_sessions, session_idle_timeout, "
-        "request_read_timeout)",
+        "request_read_timeout, approve_for_session_ttl)",
         ":3: gateway.port: must be a port number 0-65535 (0: any free port), not 70000",
         ":4: gateway.headless_approvals: 'ask' is not one of deny, wait",
         ":6: gateway.allowed_origins: item 0: 'console.example.com' is not an origin like "

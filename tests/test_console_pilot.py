@@ -71,7 +71,7 @@ def text_of(widget: Any) -> str:
 def make_app(tmp_path: Path, policy: str = POLICY) -> ConsoleApp:
     cfg = make_config(tmp_path, [everything_server("ev", tmp_path, policy)],
                       url_file=str(tmp_path / "url"))
-    return ConsoleApp(Gateway(cfg), theme_name="dark")
+    return ConsoleApp.embedded(Gateway(cfg), theme_name="dark")
 
 
 def decision_cell(app: ConsoleApp, call_id: str) -> str:
@@ -80,14 +80,14 @@ def decision_cell(app: ConsoleApp, call_id: str) -> str:
 
 
 async def started(pilot: Any, app: ConsoleApp) -> None:
-    await until(pilot, lambda: app.started and app.gateway.servers["ev"].state == "up", "gateway up")
+    await until(pilot, lambda: app.started and app.control.gateway.servers["ev"].state == "up", "gateway up")
 
 
 async def test_a_approves_and_the_client_gets_the_upstream_result(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, app)
-        async with client(app.gateway.url("ev")) as s:
+        async with client(app.control.gateway.url("ev")) as s:
             call = asyncio.create_task(s.call_tool("echo", {"text": "hello"}))
             await until(pilot, lambda: len(app.model.pending) == 1, "approval prompt")
             prompt = app.main.query_one("#approval")
@@ -108,7 +108,7 @@ async def test_d_denies_and_the_client_gets_a_denial(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, app)
-        async with client(app.gateway.url("ev")) as s:
+        async with client(app.control.gateway.url("ev")) as s:
             call = asyncio.create_task(s.call_tool("echo", {"text": "no"}))
             await until(pilot, lambda: len(app.model.pending) == 1, "approval prompt")
             await pilot.press("d")
@@ -123,7 +123,7 @@ async def test_the_deadline_denies_and_the_prompt_goes_away(tmp_path: Path) -> N
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, app)
-        async with client(app.gateway.url("ev")) as s:
+        async with client(app.control.gateway.url("ev")) as s:
             call = asyncio.create_task(s.call_tool("progress", {"steps": 1}))
             await until(pilot, lambda: len(app.model.pending) == 1, "approval prompt")
             res = await asyncio.wait_for(call, 30)
@@ -138,7 +138,7 @@ async def test_queue_of_three_and_A_approves_the_tool_for_the_session(tmp_path: 
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, app)
-        async with client(app.gateway.url("ev")) as s:
+        async with client(app.control.gateway.url("ev")) as s:
             calls = [asyncio.create_task(s.call_tool("echo", {"text": f"t{i}"})) for i in range(3)]
             await until(pilot, lambda: len(app.model.pending) == 3, "three pending")
             prompt = app.main.query_one("#approval")
@@ -161,7 +161,7 @@ async def test_table_rows_decisions_filter_and_tree(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, app)
-        async with client(app.gateway.url("ev")) as s:
+        async with client(app.control.gateway.url("ev")) as s:
             await s.call_tool("delete_thing", {"id": "x"})
             for _ in range(3):
                 await s.call_tool("count_items", {"items": []})
@@ -170,7 +170,7 @@ async def test_table_rows_decisions_filter_and_tree(tmp_path: Path) -> None:
         decisions = [str(table.get_cell(k, "decision")) for k in app.model.calls]
         assert decisions == ["deny", "allow", "allow", "limited"]
         status = text_of(app.main.query_one("#status"))
-        assert "2 denied" in status and app.gateway.url("ev") in status
+        assert "2 denied" in status and app.control.gateway.url("ev") in status
         # the gauge of count_rate is full
         gauges = text_of(app.main.query_one("#gauges-body"))
         assert "count_rate" in gauges and "2/2/min" in gauges
@@ -194,7 +194,7 @@ async def test_follow_stops_when_the_person_moves_and_F_resumes(tmp_path: Path) 
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, app)
         table = app.main.query_one("#calls")
-        async with client(app.gateway.url("ev")) as s:
+        async with client(app.control.gateway.url("ev")) as s:
             for i in range(3):
                 await s.call_tool("echo", {"text": str(i)})
             await until(pilot, lambda: table.row_count == 3, "3 rows")
@@ -236,13 +236,13 @@ async def test_ctrl_q_with_pending_asks_and_denies(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, app)
-        async with client(app.gateway.url("ev")) as s:
+        async with client(app.control.gateway.url("ev")) as s:
             call = asyncio.create_task(s.call_tool("echo", {"text": "x"}))
             await until(pilot, lambda: len(app.model.pending) == 1, "pending")
             await pilot.press("ctrl+q")
             assert isinstance(app.screen, ConfirmQuitScreen)
             await pilot.press("n")
-            assert not isinstance(app.screen, ConfirmQuitScreen) and len(app.gateway.approvals.pending()) == 1
+            assert not isinstance(app.screen, ConfirmQuitScreen) and len(app.control.gateway.approvals.pending()) == 1
             await pilot.press("ctrl+q")
             await pilot.press("y")
             res = await asyncio.wait_for(call, 30)
@@ -266,15 +266,15 @@ async def test_editor_validates_marks_the_line_and_ctrl_s_applies(tmp_path: Path
         assert "line 6" in errors and "not applied" in errors
         await pilot.press("ctrl+s")
         assert path.read_text() == POLICY  # nothing written
-        assert app.gateway.servers["ev"].policy.action_for("echo") == "require_approval"
+        assert app.control.gateway.servers["ev"].policy.action_for("echo") == "require_approval"
         # fix it differently: echo is now denied
         area.replace('action = "deny"', (5, 0), (5, 16))
         await pilot.pause()
         assert area.error_line is None
         await pilot.press("ctrl+s")
         await until(pilot, lambda: 'echo]\naction = "deny"' in path.read_text(), "file written")
-        assert app.gateway.servers["ev"].policy.action_for("echo") == "deny"
-        async with client(app.gateway.url("ev")) as s:
+        assert app.control.gateway.servers["ev"].policy.action_for("echo") == "deny"
+        async with client(app.control.gateway.url("ev")) as s:
             res = await s.call_tool("echo", {"text": "x"})
             assert res.is_error and res.meta["mcpguard/decision"]["code"] == "policy_denied"
         await pilot.press("escape")
@@ -290,14 +290,14 @@ async def test_editor_never_steals_keys_and_ctrl_t_opens_the_queue(tmp_path: Pat
         await started(pilot, app)
         await pilot.press("e")
         area = app.screen.query_one("#editor")
-        async with client(app.gateway.url("ev")) as s:
+        async with client(app.control.gateway.url("ev")) as s:
             call = asyncio.create_task(s.call_tool("echo", {"text": "typed"}))
             await until(pilot, lambda: len(app.model.pending) == 1, "pending")
             banner = app.screen.query_one("#editor-banner")
             assert banner.display and "1 approval pending" in text_of(banner)
             area.move_cursor((0, 0))
             await pilot.press("a", "d")  # typed into the editor, not answered
-            assert area.text.startswith("ad") and len(app.gateway.approvals.pending()) == 1
+            assert area.text.startswith("ad") and len(app.control.gateway.approvals.pending()) == 1
             await pilot.press("ctrl+t")
             assert isinstance(app.screen, ApprovalQueueScreen)
             await pilot.press("a")
@@ -313,7 +313,7 @@ async def test_the_table_keeps_the_newest_max_rows_even_when_evicted_calls_finis
     policy = ('version = "1"\ndefault = "allow"\n\n[tools.echo]\naction = "require_approval"\n'
               'approval_timeout = "60s"\n')
     cfg = make_config(tmp_path, [everything_server("ev", tmp_path, policy)], url_file=str(tmp_path / "url"))
-    app = ConsoleApp(Gateway(cfg), theme_name="dark", max_rows=3)
+    app = ConsoleApp.embedded(Gateway(cfg), theme_name="dark", max_rows=3)
     async with app.run_test(size=SIZE) as pilot:
         await started(pilot, app)
         table = app.main.query_one("#calls")
@@ -322,7 +322,7 @@ async def test_the_table_keeps_the_newest_max_rows_even_when_evicted_calls_finis
             return [app.model.calls[table.coordinate_to_cell_key((r, 0)).row_key.value].arguments
                     for r in range(table.row_count)]
 
-        async with client(app.gateway.url("ev")) as s:
+        async with client(app.control.gateway.url("ev")) as s:
             calls = []
             for i in range(5):  # one at a time, so they arrive in order
                 calls.append(asyncio.create_task(s.call_tool("echo", {"text": f"t{i}"})))
@@ -351,7 +351,7 @@ async def test_a_prompt_opening_under_a_full_table_keeps_the_newest_call_in_view
     app = make_app(tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await started(pilot, app)
-        async with client(app.gateway.url("ev")) as s:
+        async with client(app.control.gateway.url("ev")) as s:
             for i in range(12):
                 await s.call_tool("status", {})
             call = asyncio.create_task(s.call_tool("echo", {"text": "wait"}))

@@ -1,8 +1,8 @@
 """SVG snapshots of the console (pytest-textual-snapshot): fixed size, theme and clock.
 
-The gateway here is a stand-in with the real parts the console reads: a
-real `EventBus` and `Approvals`, the real sample policy loaded by
-`mcpguard.policy.load_policy`, mlflow-mcp's real `tools/list`
+The console's control interface here is a stand-in with the real parts the
+console reads: a real `EventBus` and `Approvals`, a real `Snapshot` built
+from the real sample policy and mlflow-mcp's real `tools/list`
 (tests/mlflow_tools.json) classified by `mcpguard.risk.classify`. Events are
 real event objects with fixed times, so the pictures do not depend on the
 clock, ports or latencies (the Pilot tests drive the real gateway).
@@ -23,7 +23,10 @@ from mcpguard.approvals import Approvals
 from mcpguard.call import Call
 from mcpguard.console import ConsoleApp
 from mcpguard.events import CallCompleted, CallDecided, CallReceived, CounterChanged, EventBus
-from mcpguard.policy import load_policy
+from mcpguard.control import (
+    Control, GatewayState, PolicyState, PolicyText, RiskState, ServerState, Snapshot, ToolState, _BusStream, tool_state,
+)
+from mcpguard.policy import parse_policy
 from mcpguard.risk import classify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,39 +45,42 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> None:
     time.tzset()
 
 
-class Handle:
-    def __init__(self, policy_path: Path) -> None:
-        self.state = "up"
-        self.tools = TOOLS
-        self.policy_path = policy_path
-        self.policy = load_policy(policy_path)
-        self.policy_errors: list[str] = []
-        self.changed_tools: set[str] = set()
-
-    def risk(self, tool: str) -> Any:
-        t = next(x for x in TOOLS if x["name"] == tool)
-        return classify(tool, t.get("annotations"), t.get("description"))
+def _risk(tool: str) -> Any:
+    t = next(x for x in TOOLS if x["name"] == tool)
+    return classify(tool, t.get("annotations"), t.get("description"))
 
 
-class StandInGateway:
+class StandInControl(Control):
+    """The control interface of a gateway that is not there: a fixed snapshot, a real bus and approvals."""
+
     def __init__(self, policy_path: Path) -> None:
         self.bus = EventBus()
         self.approvals = Approvals(self.bus, clock=lambda: T0 + 30)
-        self.servers = {"mlflow": Handle(policy_path)}
-        self.base_url = "http://127.0.0.1:8765"
+        self.policy_path = policy_path
 
-    def url(self, server: str) -> str:
-        return f"{self.base_url}/mcp/{server}"
+    def snapshot_now(self) -> Snapshot:
+        text = self.policy_path.read_text()
+        policy = parse_policy(text, "toml", str(self.policy_path))
+        tools = [ToolState(name=t["name"], risk=RiskState(level=_risk(t["name"]).level, kind=_risk(t["name"]).kind),
+                           state=tool_state(policy, t["name"])) for t in TOOLS]
+        server = ServerState(name="mlflow", url="http://127.0.0.1:8765/mcp/mlflow", state="up", tools=tools,
+                             policy=PolicyState(path=str(self.policy_path), text=text, version="v1"))
+        return Snapshot(gateway=GatewayState(base_url="http://127.0.0.1:8765"), servers=[server], taken_at=T0)
 
-    def set_policy(self, server: str, policy: Any) -> None:
-        self.servers[server].policy = policy
+    async def snapshot(self) -> Snapshot:
+        return self.snapshot_now()
+
+    def subscribe(self) -> Any:
+        return _BusStream(self.bus.subscribe())
+
+    async def policy_text(self, server: str) -> PolicyText:
+        return PolicyText(server=server, path=str(self.policy_path), text=self.policy_path.read_text())
 
 
 def make_app(tmp_path: Path, policy_text: str | None = None) -> ConsoleApp:
     path = tmp_path / "mlflow.toml"
     path.write_text(policy_text or (ROOT / "sample_policies" / "mlflow.toml").read_text())
-    app = ConsoleApp(StandInGateway(path), theme_name="dark", clock=lambda: T0 + 40, start_gateway=False)
-    return app
+    return ConsoleApp(StandInControl(path), theme_name="dark", clock=lambda: T0 + 40, owner=False)
 
 
 CALLS = [
@@ -90,13 +96,13 @@ CALLS = [
 
 
 def publish_calls(app: ConsoleApp) -> None:
-    bus = app.gateway.bus
+    bus = app.control.bus
     for i, (tool, args, action, code, rule, ms, err) in enumerate(CALLS):
         cid = f"demo-{i + 1}"
         ts = T0 + i * 2
         bus.publish(CallReceived(call_id=cid, server="mlflow", tool=tool, arguments=args, grant="local",
                                  session_id="s1", client="demo-agent", ts=ts))
-        risk = app.gateway.servers["mlflow"].risk(tool).level
+        risk = _risk(tool).level
         bus.publish(CallDecided(call_id=cid, server="mlflow", tool=tool, action=action, code=code, rule=rule,
                                 message="" if action == "allow" else f"{tool}: {code}", risk=risk, ts=ts))
         result = {"content": [{"type": "text", "text": "{\"ok\": true}"}], "isError": err}
@@ -129,14 +135,14 @@ def test_approval_prompt_queue(snap_compare: Any, tmp_path: Path) -> None:
 
     async def run_before(pilot: Any) -> None:
         publish_calls(app)
-        bus = app.gateway.bus
+        bus = app.control.bus
         for n, version in enumerate(("2", "3")):
             cid = f"appr-{n}"
             args = {"name": "mcpguard-demo-model", "version": version, "stage": "Production"}
             bus.publish(CallReceived(call_id=cid, server="mlflow", tool="transition_model_version_stage",
                                      arguments=args, grant="local", session_id="s1", client="demo-agent",
                                      ts=T0 + 30))
-            pilot.app.run_worker(app.gateway.approvals.request(
+            pilot.app.run_worker(app.control.approvals.request(
                 Call("mlflow", "transition_model_version_stage", args, session_id="s1", client="demo-agent",
                      call_id=cid),
                 timeout_s=120, risk="high", reason="Stage changes reach production consumers."))

@@ -44,7 +44,7 @@ SIZE = (120, 36)
 
 def make_app(tmp_path: Path, policy: str = POLICY) -> tuple[ConsoleApp, Path]:
     cfg = make_config(tmp_path, [everything_server("ev", tmp_path, policy)])
-    return ConsoleApp(Gateway(cfg), theme_name="dark"), tmp_path / "ev.toml"
+    return ConsoleApp.embedded(Gateway(cfg), theme_name="dark"), tmp_path / "ev.toml"
 
 
 def notes(app: ConsoleApp) -> list[str]:
@@ -54,7 +54,8 @@ def notes(app: ConsoleApp) -> list[str]:
 
 async def watching(pilot: Any, app: ConsoleApp) -> None:
     await started(pilot, app)
-    await until(pilot, lambda: app.files is not None and app._watch_stop is not None, "watcher started")
+    await until(pilot, lambda: app.started, "gateway up")
+    await asyncio.sleep(0.3)  # the gateway's watcher is up
     await pilot.pause(0.5)  # let watchfiles set up its watch before a test writes the file
 
 
@@ -66,7 +67,7 @@ def select_tool(app: ConsoleApp, tool: str) -> None:
 
 
 def echo_max(app: ConsoleApp) -> int:
-    return app.gateway.servers["ev"].policy.tools["echo"].limits[0].max
+    return app.control.gateway.servers["ev"].policy.tools["echo"].limits[0].max
 
 
 class Agent:
@@ -112,7 +113,7 @@ async def test_a_looping_agent_gets_exactly_the_max_in_force_through_keys_and_ex
     app, path = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await watching(pilot, app)
-        async with client(app.gateway.url("ev")) as s:
+        async with client(app.control.gateway.url("ev")) as s:
             agent = Agent(s)
             loop = asyncio.create_task(agent.run())
             try:
@@ -148,7 +149,7 @@ async def test_a_looping_agent_gets_exactly_the_max_in_force_through_keys_and_ex
         assert all(code == "rate_limited" for ok, code in agent.results if not ok)
         table = app.main.query_one("#calls")
         await until(pilot, lambda: table.row_count == len(agent.results), "one row per call")
-        snap = app.gateway.servers["ev"].counters.snapshot(time.monotonic())
+        snap = app.control.gateway.servers["ev"].counters.snapshot(time.monotonic())
         assert [(v.counter, v.count, v.max) for v in snap] == [("echo_rate", 15, 13)]
         await until(pilot, lambda: "15/13/h" in text_of(app.main.query_one("#gauges-body")), "gauge 15/13")
         # the file's comments and layout survive every edit
@@ -171,7 +172,7 @@ async def test_a_broken_external_edit_keeps_the_last_policy_and_the_status_bar_n
         tree = app.main.query_one("#tree")
         assert "policy error" in str(tree.root.children[0].label)
         # the previous policy (max 2) still decides
-        async with client(app.gateway.url("ev")) as s:
+        async with client(app.control.gateway.url("ev")) as s:
             got = [not (await s.call_tool("echo", {"text": "x"})).is_error for _ in range(3)]
         assert got == [True, True, False]
         # fixed in the other editor: ok again
@@ -188,7 +189,7 @@ async def test_t_h_u_edit_the_file_and_the_next_call_obeys_and_t_resolves_a_pend
         select_tool(app, "echo")
         await pilot.press("t")  # allow -> require_approval
         assert '[tools.echo]   # the capped write\naction = "require_approval"' in path.read_text()
-        async with client(app.gateway.url("ev")) as s:
+        async with client(app.control.gateway.url("ev")) as s:
             call = asyncio.create_task(s.call_tool("echo", {"text": "wait"}))
             await until(pilot, lambda: len(app.model.pending) == 1, "approval prompt")
             select_tool(app, "echo")
@@ -222,7 +223,7 @@ async def test_t_h_u_edit_the_file_and_the_next_call_obeys_and_t_resolves_a_pend
             assert not res.is_error and res.content[0].text == "through"
             assert path.read_text() == POLICY
             assert any("the policy changed while it waited; let through" in n for n in notes(app))
-            assert not app.files.can_undo()
+            assert not app.control.gateway.files.can_undo()
             await pilot.press("u")  # nothing left: the key is disabled, the file unchanged
             assert path.read_text() == POLICY
         # an edit that cannot be made is an error notification, nothing written
@@ -239,7 +240,7 @@ async def test_tune_keys_never_fire_while_typing_in_the_filter(tmp_path: Path) -
         select_tool(app, "echo")
         await pilot.press("slash", "plus", "minus", "t", "h", "u", "greater_than_sign")
         assert app.main.query_one("#filter").value == "+-thu>"
-        assert path.read_text() == POLICY and not app.files.can_undo()
+        assert path.read_text() == POLICY and not app.control.gateway.files.can_undo()
 
 
 async def test_editor_follows_the_file_and_offers_to_reload_when_it_has_unsaved_edits(tmp_path: Path) -> None:

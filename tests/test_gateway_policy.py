@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import mcp_types as types
 from pydantic import TypeAdapter
+from mcpguard.audit import read_audit
 from upstreams.harness import client, everything_server, make_config, running
 
 from mcpguard.events import (
@@ -234,3 +236,36 @@ async def test_call_events_carry_who_called(tmp_path: Path) -> None:
         dec = next(e for e in got if isinstance(e, CallDecided))
         assert rec.grant == "local" and rec.session_id and rec.client == "mcp"
         assert dec.call_id == rec.call_id and dec.action == "allow" and dec.risk
+
+
+async def test_shadow_rules_let_the_call_through_and_say_what_they_would_have_done(tmp_path: Path) -> None:
+    policy = """
+version = "1"
+default = "allow"
+
+[tools.delete_thing]
+action = "deny"
+mode = "shadow"
+reason = "Things stay."
+
+[tools.echo]
+[[tools.echo.limits]]
+counter = "echo_shadow"
+window = "minute"
+max = 1
+mode = "shadow"
+"""
+    audit = tmp_path / "audit.jsonl"
+    cfg = make_config(tmp_path, [everything_server("ev", tmp_path, policy)], audit_log=str(audit))
+    async with running(cfg) as gw, client(gw.url("ev")) as s:
+        res = await s.call_tool("delete_thing", {"id": "x"})
+        assert not res.is_error and res.content[0].text == "deleted x"  # not enforced
+        for i in range(3):
+            assert not (await s.call_tool("echo", {"text": str(i)})).is_error
+        shadow = {v.counter: v.count for v in gw.servers["ev"].shadow_counters.snapshot(time.monotonic())}
+        enforced = {v.counter for v in gw.servers["ev"].counters.snapshot(time.monotonic())}
+        assert shadow == {"echo_shadow": 1} and "echo_shadow" not in enforced
+    decisions = [r for r in read_audit(audit) if r["kind"] == "decision"]
+    assert decisions[0]["decision"] == "allowed" and decisions[0]["would"] == "would_deny"
+    assert decisions[0]["would_rule"] == "tools.delete_thing.action" and "Things stay." in decisions[0]["would_message"]
+    assert [d.get("would") for d in decisions[1:]] == [None, "would_rate_limit", "would_rate_limit"]

@@ -106,3 +106,31 @@ print(sorted(n for n in sys.modules if n.split(".")[0] in ("textual", "rich")))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+#: what the console may import of mcpguard: the control interface and the pure vocabulary it speaks
+CONSOLE_MAY_IMPORT = ("mcpguard.console", "mcpguard.control", "mcpguard.control_http", "mcpguard.events",
+                      "mcpguard.codes", "mcpguard.policy", "mcpguard.whatif", "mcpguard.durations")
+
+
+def test_the_console_reaches_the_gateway_only_through_the_control_interface() -> None:
+    """Every mcpguard import in mcpguard/console/ (at any depth, in any function) is one the console may make:
+    nothing of the gateway, approvals, counters, policy files or audit log."""
+    import ast
+
+    found = []
+    for path in sorted((PACKAGE / "console").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names if node.module == "mcpguard"]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                if name == "mcpguard" or not name.startswith("mcpguard"):
+                    continue
+                if not any(name == ok or name.startswith(ok + ".") for ok in CONSOLE_MAY_IMPORT):
+                    found.append(f"{path.name}:{node.lineno}: {name}")
+    assert found == []
+    assert any("mcpguard.control" in p.read_text() for p in (PACKAGE / "console").glob("*.py"))

@@ -60,7 +60,7 @@ def _pipeline(tmp_path: Path, *, interactive: bool = True, headless: str = "deny
 def _ok(text: str = "done"):
     sent: list[int] = []
 
-    async def forward() -> dict[str, Any]:
+    async def forward(call: Any) -> dict[str, Any]:
         sent.append(1)
         return {"content": [{"type": "text", "text": text}], "isError": False}
 
@@ -182,7 +182,7 @@ async def test_upstream_faults_become_codes(tmp_path: Path, fault: Exception, co
     p, bus = _pipeline(tmp_path)
     sub = bus.subscribe()
 
-    async def forward() -> dict[str, Any]:
+    async def forward(call: Any) -> dict[str, Any]:
         raise fault
 
     res = await p.run(p.new_call("read", {}, grant="g", session_id=None, client=None), forward)
@@ -196,7 +196,7 @@ async def test_an_upstream_jsonrpc_error_is_recorded_and_passed_on(tmp_path: Pat
     p, bus = _pipeline(tmp_path)
     sub = bus.subscribe()
 
-    async def forward() -> dict[str, Any]:
+    async def forward(call: Any) -> dict[str, Any]:
         raise MCPError(code=-32042, message="custom", data={"why": 1})
 
     with pytest.raises(MCPError) as err:

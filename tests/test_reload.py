@@ -56,7 +56,7 @@ def policy_path(tmp_path: Path) -> Path:
 
 async def test_external_write_applies_within_a_second_and_keeps_counters(tmp_path, policy_path):
     cfg = make_config(tmp_path, [everything_server("ev", tmp_path, POLICY)])
-    async with running(cfg) as gw, client(gw.url("ev")) as s:
+    async with running(cfg, watch_policies=False) as gw, client(gw.url("ev")) as s:
         files = PolicyFiles(gw)
         sub = gw.bus.subscribe()
         watcher = asyncio.create_task(files.watch())
@@ -89,7 +89,7 @@ async def test_external_write_applies_within_a_second_and_keeps_counters(tmp_pat
 
 async def test_console_edits_write_the_file_keep_comments_and_undo(tmp_path, policy_path):
     cfg = make_config(tmp_path, [everything_server("ev", tmp_path, POLICY)])
-    async with running(cfg) as gw, client(gw.url("ev")) as s:
+    async with running(cfg, watch_policies=False) as gw, client(gw.url("ev")) as s:
         files = PolicyFiles(gw)
         assert await _admitted(s, 4) == [True, True, True, False]
         res = files.edit("ev", lambda t, f: set_max(t, f, counter="echo_rate", delta=+1))
@@ -109,7 +109,7 @@ async def test_console_edits_write_the_file_keep_comments_and_undo(tmp_path, pol
 
 async def test_an_edit_that_would_break_the_policy_is_refused_and_nothing_is_written(tmp_path, policy_path):
     cfg = make_config(tmp_path, [everything_server("ev", tmp_path, POLICY)])
-    async with running(cfg) as gw:
+    async with running(cfg, watch_policies=False) as gw:
         files = PolicyFiles(gw)
         with pytest.raises(EditError, match="invalid"):
             files.edit("ev", lambda t, f: t.replace('scope = "session"', 'scope = "planet"'))
@@ -139,7 +139,7 @@ async def _pending(gw, n=1):
 async def test_pending_approvals_follow_a_policy_change(tmp_path, policy_path):
     """A waiting call whose tool becomes denied is denied; one whose tool becomes allowed goes through."""
     cfg = make_config(tmp_path, [everything_server("ev", tmp_path, APPROVAL_POLICY)])
-    async with running(cfg) as gw, client(gw.url("ev")) as s:
+    async with running(cfg, watch_policies=False) as gw, client(gw.url("ev")) as s:
         files = PolicyFiles(gw)
         waiting = asyncio.create_task(s.call_tool("status", {}))
         await _pending(gw)
@@ -159,7 +159,7 @@ async def test_pending_approvals_follow_a_policy_change(tmp_path, policy_path):
 
 async def test_a_new_max_shows_in_the_counter_view_at_once(tmp_path, policy_path):
     cfg = make_config(tmp_path, [everything_server("ev", tmp_path, POLICY)])
-    async with running(cfg) as gw, client(gw.url("ev")) as s:
+    async with running(cfg, watch_policies=False) as gw, client(gw.url("ev")) as s:
         files = PolicyFiles(gw)
         await _admitted(s, 2)
         files.edit("ev", lambda t, f: set_max(t, f, counter="echo_rate", value=7))
@@ -226,7 +226,7 @@ async def test_a_file_written_in_two_halves_is_applied_only_whole(tmp_path, poli
     for a loaded machine (the default is 0.2 s).
     """
     cfg = make_config(tmp_path, [everything_server("ev", tmp_path, GUARDED)])
-    async with running(cfg) as gw, client(gw.url("ev")) as s:
+    async with running(cfg, watch_policies=False) as gw, client(gw.url("ev")) as s:
         files = PolicyFiles(gw, settle_s=0.5)
         applied: list[str] = []
         real_set_policy = gw.set_policy
@@ -255,7 +255,7 @@ async def test_a_file_written_in_two_halves_is_applied_only_whole(tmp_path, poli
 
 async def test_a_file_that_never_settles_is_read_as_it_stands_after_the_bound(tmp_path, policy_path):
     cfg = make_config(tmp_path, [everything_server("ev", tmp_path, GUARDED)])
-    async with running(cfg) as gw:
+    async with running(cfg, watch_policies=False) as gw:
         files = PolicyFiles(gw, settle_s=0.05, settle_max_s=0.6)
         stop = asyncio.Event()
 
@@ -317,7 +317,7 @@ async def test_an_unreadable_file_is_rejected_and_the_last_good_policy_keeps_dec
 
     audit_path = tmp_path / "audit.jsonl"
     cfg = make_config(tmp_path, [everything_server("ev", tmp_path, GUARDED)], audit_log=str(audit_path))
-    async with running(cfg) as gw, client(gw.url("ev")) as s:
+    async with running(cfg, watch_policies=False) as gw, client(gw.url("ev")) as s:
         files = PolicyFiles(gw)
         sub = gw.bus.subscribe()
         watcher = asyncio.create_task(files.watch())
@@ -428,7 +428,7 @@ async def test_the_gateway_starts_on_an_unreadable_policy_and_denies_every_call(
     cfg = make_config(tmp_path, [everything_server("ev", tmp_path, GUARDED)], audit_log=str(audit_path))
     policy_path.unlink()
     os.mkfifo(policy_path)
-    async with running(cfg) as gw, client(gw.url("ev")) as s:
+    async with running(cfg, watch_policies=False) as gw, client(gw.url("ev")) as s:
         want = [f"{policy_path}:1:1: cannot read policy: it is a named pipe (FIFO), not a file "
                 "(point the config at a policy file)"]
         assert gw.servers["ev"].policy is None and gw.servers["ev"].policy_errors == want

@@ -41,7 +41,7 @@ OPEN_THE_CONSOLE = textwrap.dedent("""
     async def main():
         cfg = Config.from_dict({"gateway": {"port": 0, "url_file": "", "audit_log": ""}, "servers": {}},
                                base_dir=".")
-        app = ConsoleApp(Gateway(cfg), theme_name="light")
+        app = ConsoleApp.embedded(Gateway(cfg), theme_name="light")
         async with app.run_test(size=(100, 30)) as pilot:
             for _ in range(200):  # at most 10 s for the gateway to listen on 127.0.0.1
                 if app.started:

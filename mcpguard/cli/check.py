@@ -4,7 +4,9 @@ Errors print as `file:line:col: error: message (hint)` (one per line, every
 one at once) and the exit code is 1. A valid policy prints a table of every
 tool (action, limits, conditions, risk) and its warnings: entries naming
 tools the server does not have, write or destructive tools left unlimited
-under `default = "allow"`, rules on hidden tools. Exit 0 when valid (warnings
+under `default = "allow"`, rules on hidden tools. Rules in shadow mode (mcpguard's
+extension) are marked: `shadow: deny` in the rules column, `shadow` after a
+limit. Exit 0 when valid (warnings
 included), 1 on policy errors, 2 when TOOLS.json cannot be read.
 
 TOOLS.json is a `tools/list` result (`{"tools": [...]}`) or a list of tool
@@ -60,11 +62,12 @@ def read_tools(path: str) -> list[dict[str, Any]]:
 
 def short_limit(lim: Limit, shared: bool) -> str:
     """`30/min`, `5/h per session`, with `[counter]` when other tools share the counter
-    (the scope is only written when it is not `grant`)."""
+    (the scope is only written when it is not `grant`) and ` shadow` for a shadow limit."""
     text = f"{lim.max}/{WINDOW_SHORT[lim.window]}"
     if lim.scope != "grant":
         text += " for all" if lim.scope == "global" else f" per {lim.scope}"
-    return f"{text} [{lim.counter}]" if shared else text
+    text = f"{text} [{lim.counter}]" if shared else text
+    return f"{text} shadow" if lim.shadow else text
 
 
 @dataclass
@@ -109,13 +112,18 @@ def build_rows(policy: Policy, tools: list[dict[str, Any]] | None) -> tuple[list
                         override=rule.risk if rule else None)
         own = [short_limit(lim, uses.get(lim.counter, 0) > 1) for lim in rule.limits] if rule and action not in ("hidden", "deny") else []
         rules = []
+        would = policy.shadow_action_for(name)
+        if would is not None:
+            rules.append(f"shadow: {ACTION_LABEL[would]}")
         if action == "require_approval" and rule is not None:
             t = rule.approval_timeout_s if rule.approval_timeout_s is not None else policy.approval_timeout_s
             rules.append(f"within {format_duration(t)}")
-        if rule and rule.deny_if and action != "hidden":
-            rules.append(f"{len(rule.deny_if)} deny_if")
-        if rule and rule.require and action != "hidden":
-            rules.append(f"{len(rule.require)} require")
+        for kind in ("deny_if", "require"):
+            entries = getattr(rule, kind) if rule is not None and action != "hidden" else ()
+            if entries:
+                shadowed = sum(e.mode == "shadow" for e in entries)
+                rules.append(f"{len(entries)} {kind}" + ("" if not shadowed else " shadow" if shadowed == len(entries)
+                                                         else f" ({shadowed} shadow)"))
         missing = tools is not None and tool is None
         if missing:
             at = where("tools", name) if name in policy.tools else where("hide", policy.hide.index(name))
@@ -126,6 +134,7 @@ def build_rows(policy: Policy, tools: list[dict[str, Any]] | None) -> tuple[list
             and tool is not None
             and risk.kind in ("write", "destructive", "execute")
             and not policy.limits_for(name)
+            and not policy.shadow
         ):
             at = where("tools", name) if rule else where("default")
             warnings.append(f'{at}warning: {name} is a {risk.kind} tool left unlimited under default = "allow" '
@@ -190,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
         f"approval timeout {policy.approval_timeout_s:g} s"
     )
     title += "\nlimits are per grant unless marked; [name] is a counter shared by several tools"
+    if policy.shadow:
+        title += "\nshadow = true: nothing is enforced; every call goes through and is reported as it would be decided"
     if policy.all_tools_limits:
         title += "\nevery call also counts against: " + ", ".join(
             f"{short_limit(lim, False)} [{lim.counter}]" for lim in policy.all_tools_limits
@@ -198,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
     summary = (
         f"{len(rows)} tools: {counts.get('allow', 0)} allowed, {counts.get('require_approval', 0)} need approval, "
         f"{counts.get('deny', 0)} denied, {hidden} hidden; {len(policy.counter_names())} counters"
+        + (f", {len(policy.shadow_counter_names())} shadow counters" if policy.shadow_counter_names() else "")
     )
     out.print(Text(summary))
     for w in warnings:

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from mcpguard.gateway import Gateway
 
     gateway = Gateway(cfg)
-    app = ConsoleApp(gateway, theme_name=args.theme or cfg.console.theme, max_rows=cfg.console.max_rows)
+    app = ConsoleApp.embedded(gateway, theme_name=args.theme or cfg.console.theme, max_rows=cfg.console.max_rows)
     rc = app.run()
     if app.started:
         for name in gateway.servers:

@@ -97,7 +97,7 @@ def _run_console(cfg: Any, args: argparse.Namespace, data: Path) -> int:
     def hint() -> str:
         return connect_snippet(gateway.url("mlflow"))
 
-    app = ConsoleApp(gateway, theme_name=args.theme, workers=[] if args.no_agent else [agent],
+    app = ConsoleApp.embedded(gateway, theme_name=args.theme, workers=[] if args.no_agent else [agent],
                      connect_hint=hint)
     rc = app.run()
     if app.started:

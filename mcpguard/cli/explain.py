@@ -4,7 +4,9 @@ Evaluates one `tools/call` of TOOL with the given arguments against POLICY,
 as the gateway would with fresh counters (no call made yet), and prints the
 decision (action, code, the deciding rule, the message the agent would
 read), the limits the call would count against, and the trace of every rule
-looked at, in evaluation order.
+looked at, in evaluation order. Rules in shadow mode are marked `(shadow)` in
+the trace, and what they would have done is printed under the decision
+(`shadow: would deny ...`).
 
 Exit 0 when a decision was made (whatever it is), 1 when the policy has
 errors (printed as `file:line:col: error: ...`), 2 for bad `--args` or an
@@ -28,7 +30,10 @@ from mcpguard.ratelimit import Counters
 from mcpguard.risk import classify
 from mcpguard.cli.check import ACTION_STYLE, RISK_STYLE, ToolsFileError, read_tools
 
-OUTCOME_STYLE = {"pass": "green", "allow": "bold green", "deny": "bold red", "approval": "bold yellow", "warn": "yellow"}
+OUTCOME_STYLE = {"pass": "green", "allow": "bold green", "deny": "bold red", "approval": "bold yellow", "warn": "yellow",
+                 "would_deny": "bold magenta", "would_approval": "magenta"}
+WOULD_TEXT = {"would_deny": "would deny", "would_rate_limit": "would rate-limit",
+              "would_require_approval": "would require approval"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         override=rule.risk if rule else None,
     )
     call = Call(args.server, args.tool, arguments, grant=args.grant, session_id=args.session, client=args.client)
-    decision = evaluate(call, policy, Counters(args.server), time.monotonic(), risk=risk)
+    decision = evaluate(call, policy, Counters(args.server), time.monotonic(), risk=risk,
+                        shadow_counters=Counters(args.server))
 
     head = Text()
     head.append(f"{args.tool}", style="bold")
@@ -93,6 +99,17 @@ def run(args: argparse.Namespace) -> int:
     if decision.limits:
         counts = "; ".join(f"{lim.counter} ({lim.describe()})" for lim in decision.limits)
         out.print(Text("counts against: ", style="dim") + Text(counts), soft_wrap=True)
+    if decision.shadow_limits:
+        counts = "; ".join(f"{lim.counter} ({lim.describe()})" for lim in decision.shadow_limits)
+        out.print(Text("counts against (shadow): ", style="dim") + Text(counts), soft_wrap=True)
+    sh = decision.shadow
+    if sh is not None:
+        line = Text("shadow: ", style="dim") + Text(WOULD_TEXT[sh.would], style="bold magenta")
+        line.append(f"  code {sh.code}, rule {sh.rule}")
+        out.print(line, soft_wrap=True)
+        out.print(Text("the agent would read: ", style="dim") + Text(sh.message), soft_wrap=True)
+    elif policy.has_shadow and decision.action != "deny":
+        out.print(Text("shadow: no shadow rule would change this decision", style="dim"))
 
     table = Table(title=Text("trace"), title_justify="left", header_style="bold")
     table.add_column("#", justify="right")
@@ -100,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
     table.add_column("outcome", no_wrap=True)
     table.add_column("detail")
     for i, step in enumerate(decision.trace, 1):
-        table.add_row(str(i), Text(step.rule), Text(step.outcome, style=OUTCOME_STYLE.get(step.outcome, "")), Text(step.detail))
+        rule = Text(step.rule)
+        if step.shadow:
+            rule.append(" (shadow)", style="magenta")
+        table.add_row(str(i), rule, Text(step.outcome, style=OUTCOME_STYLE.get(step.outcome, "")), Text(step.detail))
     out.print(table)
     return 0

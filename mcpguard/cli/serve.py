@@ -86,21 +86,24 @@ async def serve(config: Any, *, out: Any = None) -> int:
         print(f"  telemetry: OpenTelemetry traces and metrics over OTLP/HTTP to {where}", file=out)
     print(f"  approvals: {gw.headless_approvals} (no console attached); Ctrl-C stops", file=out)
     out.flush()
-    from mcpguard.reload import PolicyFiles
+    from mcpguard.events import PolicyRejected, PolicyReloaded
 
-    def said(result: Any) -> None:
-        if result.applied:
-            print(f"mcpguard: policy of {result.server} reloaded\n{result.diff}", file=out)
-        for err in result.errors:
-            print(f"mcpguard: policy of {result.server} rejected, the last good one keeps running: {err}",
-                  file=out)
+    def said(event: Any) -> None:
+        if isinstance(event, PolicyReloaded) and event.source == "file":
+            print(f"mcpguard: policy of {event.server} reloaded\n{event.diff}", file=out)
+        elif isinstance(event, PolicyRejected):
+            for err in event.errors:
+                print(f"mcpguard: policy of {event.server} rejected, the last good one keeps running: {err}",
+                      file=out)
+        else:
+            return
         out.flush()
 
-    watcher = asyncio.create_task(PolicyFiles(gw).watch(on_result=said))
+    detach = gw.bus.add_listener(said)
     try:
         await stop.wait()
     finally:
-        watcher.cancel()
+        detach()
         pending = len(gw.approvals.pending())
         print(f"mcpguard: stopping (denying {pending} pending approval{'s' if pending != 1 else ''})", file=out)
         out.flush()

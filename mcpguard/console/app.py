@@ -1,32 +1,29 @@
-"""`ConsoleApp`: the Textual console around an embedded `Gateway`.
+"""`ConsoleApp`: the Textual console, driving a gateway through its control interface only.
 
-The app runs the gateway in Textual's own event loop, listens to its
-`EventBus` through one bounded subscription, and calls only the core API
-(`gateway.approvals.approve/deny`, `mcpguard.reload.PolicyFiles`). Events are drained
-and folded into a `CallLog` on a timer (`FLUSH_INTERVAL_S`, 0.1 s), so a burst
-of calls costs at most ten repaints a second (style.md §5).
-
-Policy changes (issue 5) have one path: the app owns one
-`PolicyFiles(gateway)`; a worker runs its `watch()` (an external editor's
-save is applied or rejected within a second), the tune keys go through
-`PolicyFiles.edit`, the editor's ctrl+s through `PolicyFiles.save_text`, `u`
-through `PolicyFiles.undo`. Every outcome reaches the screen as a bus event
-(`PolicyReloaded` with its diff, `PolicyRejected` with file:line:col), shown
-as a notification, in the status bar and the tree.
+The app sees and drives the gateway through a `mcpguard.control.Control`
+and nothing else: a `LocalControl` for a gateway in this process, a
+`RemoteControl` for one it attached to (`mcpguard console --attach`). It
+keeps the latest `Snapshot` (taken when the gateway's events say what it
+shows changed, and every few seconds), folds the event stream into a
+`CallLog` on a timer (`FLUSH_INTERVAL_S`, 0.1 s), so a burst of calls costs
+at most ten repaints a second, and answers approvals, tunes and saves the
+policy through the control's commands. Every policy change arrives as an
+event (`PolicyReloaded` with its diff and label, `PolicyRejected` with
+file:line:col), shown as a notification, in the status bar and the tree.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import getpass
 import time
-from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import work
 from textual.app import App, SystemCommand
 from textual.css.query import NoMatches
 from textual.screen import Screen
@@ -38,27 +35,16 @@ from mcpguard.console.screens import (
 )
 from mcpguard.console.themes import DEFAULT_THEME, load_themes, resolve_theme_name
 from mcpguard.console.widgets import ServerView, ToolView
+from mcpguard.control import Control, ControlError, Snapshot
 
 FLUSH_INTERVAL_S = 0.1
 TICK_INTERVAL_S = 1.0
+SNAPSHOT_EVERY_S = 5.0
 MAX_EVENTS_PER_FLUSH = 20_000
 _GC_FROZEN = False
-
-_STATE = {"allow": "allowed", "deny": "denied", "require_approval": "approval", "hidden": "hidden"}
-
-
-def tool_state(policy: Any, tool: str) -> str:
-    """A tool's policy state for the tree: allowed, limited, approval, denied or hidden.
-
-    No policy at all denies every call (design §3).
-    """
-    if policy is None:
-        return "denied"
-    state = _STATE.get(policy.action_for(tool), "allowed")
-    rule = policy.tools.get(tool)
-    if state == "allowed" and rule is not None and rule.limits:
-        return "limited"
-    return state
+#: events after which what the snapshot shows (tools, policies, sessions, states) is stale
+_STALE = frozenset({"PolicyReloaded", "PolicyRejected", "UpstreamState", "ToolChanged", "SessionOpened",
+                    "SessionClosed", "SessionApprovalChanged"})
 
 
 def diff_text(diff: str, max_lines: int = 4) -> str:
@@ -67,6 +53,13 @@ def diff_text(diff: str, max_lines: int = 4) -> str:
     if len(lines) > max_lines:
         lines = lines[:max_lines] + [f"… {len(lines) - max_lines} more lines"]
     return "\n".join(lines)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return "someone"
 
 
 def short_error(issue: str) -> str:
@@ -80,9 +73,11 @@ def short_error(issue: str) -> str:
 class ConsoleApp(App[int]):
     """The mcpguard console.
 
-    - `gateway`: a `mcpguard.gateway.Gateway` (not yet started when
-      `start_gateway` is True, the default; the app starts it on mount and
-      stops it on quit).
+    - `control`: the gateway's `mcpguard.control.Control`.
+    - `start` / `stop`: coroutines that start and stop the gateway, when the
+      console owns it (embedded: `ConsoleApp.embedded`); quitting then asks
+      first when approvals are pending and denies them. An attached console
+      (`owner=False`) leaves the gateway running when it quits.
     - `theme_name`: a theme from `themes/*.toml` (`dark`, `light`,
       `high-contrast` or a full name); unknown names fall back to the default.
     - `max_rows`: calls kept in the table (older ones are in the audit log).
@@ -91,6 +86,7 @@ class ConsoleApp(App[int]):
       gateway is up (the demo's scripted agent).
     - `connect_hint`: how an agent connects (text, or a function returning it once
       the gateway is up); shown before the first call and on the server's detail.
+    - `by`: who this console's answers say they come from (audited).
     """
 
     CSS_PATH = "app.tcss"
@@ -100,37 +96,55 @@ class ConsoleApp(App[int]):
 
     def __init__(
         self,
-        gateway: Any,
+        control: Control,
         *,
         theme_name: str | None = None,
         max_rows: int = 2000,
         clock: Callable[[], float] = time.time,
-        start_gateway: bool = True,
+        start: Callable[[], Awaitable[None]] | None = None,
+        stop: Callable[[], Awaitable[None]] | None = None,
+        owner: bool = True,
         workers: Iterable[Callable[[ConsoleApp], Awaitable[Any]]] = (),
         connect_hint: str | Callable[[], str] | None = None,
         keymap: dict[str, str] | None = None,
+        by: str | None = None,
     ) -> None:
         super().__init__()
-        self.gateway = gateway
+        self.control = control
         self.model = CallLog(max_rows)
         self.clock = clock
-        self.start_gateway = start_gateway
+        self._start, self._stop = start, stop
+        self.owner = owner
         self._background = list(workers)
         self.connect_hint = connect_hint
         self._theme_request = theme_name
         self._keymap = keymap or {}
-        self._sub = gateway.bus.subscribe()
+        self.by = by or f"console:{_user()}"
+        self._sub = control.subscribe()
+        self.snap: Snapshot | None = None
+        self._policies: dict[str, tuple[str | None, Any]] = {}  # server -> (version, Policy)
+        self._snap_stale = True
+        self._snap_at = 0.0
         self.main: MainScreen | None = None
         self._stopping = False
         self.theme_errors: list[str] = []
         self.started = False
         self.view_errors = 0  # refreshes skipped because widgets were mounting or torn down
         self._tree_sig: tuple = ()
-        self.files: Any = None  # mcpguard.reload.PolicyFiles, once the gateway is up
-        self._watch_stop: asyncio.Event | None = None
-        self._edit_labels: dict[str, deque[str]] = defaultdict(deque)
         self._bands: frozenset = frozenset()
         self._figures: tuple = ()
+
+    @classmethod
+    def embedded(cls, gateway: Any, *, start_gateway: bool = True, **kw: Any) -> ConsoleApp:
+        """A console that owns `gateway` (a `mcpguard.gateway.Gateway` in this process): it starts it on
+        mount (unless `start_gateway` is False: already running) and stops it on quit."""
+        from mcpguard.control import LocalControl
+
+        async def stop() -> None:
+            await asyncio.wait_for(gateway.stop(), timeout=15)
+
+        return cls(LocalControl(gateway), start=gateway.start if start_gateway else None,
+                   stop=stop if start_gateway else None, owner=True, **kw)
 
     # -- life cycle -----------------------------------------------------------------
     async def on_mount(self) -> None:
@@ -152,59 +166,58 @@ class ConsoleApp(App[int]):
         await self.push_screen(self.main)
         self.set_interval(FLUSH_INTERVAL_S, self.flush_events)
         self.set_interval(TICK_INTERVAL_S, self.tick)
-        if self.start_gateway:
-            self.run_worker(self._start_gateway(), name="gateway-start", exclusive=True, group="gateway")
-        else:
-            self._after_start()
+        self.run_worker(self._start_gateway(), name="gateway-start", exclusive=True, group="gateway")
 
     async def _start_gateway(self) -> None:
-        try:
-            await self.gateway.start()
-        except Exception as exc:  # noqa: BLE001 - shown to the person
-            self.exit(1, message=f"mcpguard: the gateway did not start: {exc}")
-            return
+        if self._start is not None:
+            try:
+                await self._start()
+            except Exception as exc:  # noqa: BLE001 - shown to the person
+                self.exit(1, message=f"mcpguard: the gateway did not start: {exc}")
+                return
+        await self.fetch_snapshot()
         self._after_start()
 
     def _after_start(self) -> None:
-        from mcpguard.reload import PolicyFiles
-
         self.started = True
         # Everything loaded so far (Textual, the SDK, the gateway, the screen) lives as
         # long as the app: take it out of the cyclic GC's full passes, which otherwise
-        # walk it all every few seconds under load (a 100-160 ms stall of the one loop
-        # the gateway and the screen share; bench/bench_console.py)
+        # walk it all every few seconds under load (a 100-160 ms stall of the loop;
+        # bench/bench_console.py)
         global _GC_FROZEN
         if not _GC_FROZEN:  # once per process (tests start many apps in one)
             _GC_FROZEN = True
             gc.collect()
             gc.freeze()
-        self.files = PolicyFiles(self.gateway)
-        self.watch_policies()
         self.refresh_views()
         for fn in self._background:
             self.run_worker(fn(self), group="background", exit_on_error=False)
 
     async def shutdown(self, deny_pending: bool = True) -> None:
-        """Deny pending approvals, stop the gateway (bounded wait), exit."""
+        """Deny pending approvals (when this console owns the gateway), stop it (bounded wait), exit."""
         if self._stopping:
             return
         self._stopping = True
-        if self._watch_stop is not None:
-            self._watch_stop.set()
-        if deny_pending:
-            self.gateway.approvals.deny_all(by="console", reason="the console quit")
+        if deny_pending and self.owner and self.snap is not None:
+            for p in list(self.model.pending.values()):
+                try:
+                    await self.control.deny(p.approval_id, by=self.by, reason="the console quit")
+                except ControlError:
+                    pass
         self.workers.cancel_group(self, "background")
-        if self.start_gateway and self.started:
+        if self._stop is not None and self.started:
             try:
-                await asyncio.wait_for(self.gateway.stop(), timeout=15)
+                await self._stop()
             except Exception:  # noqa: BLE001 - quitting anyway
                 pass
         self._sub.close()
+        with contextlib.suppress(Exception):
+            await self.control.close()
         self.exit(0)
 
     async def action_quit(self) -> None:
-        n = len(self.gateway.approvals.pending())
-        if not n:
+        n = len(self.model.pending)
+        if not n or not self.owner:
             await self.shutdown()
             return
 
@@ -214,22 +227,67 @@ class ConsoleApp(App[int]):
 
         self.push_screen(ConfirmQuitScreen(n), answered)
 
-    @work(exclusive=True, group="policy-watch", exit_on_error=False)
-    async def watch_policies(self) -> None:
-        """Follow every policy file (watchfiles, debounced): a change made in
-        another editor is applied, or rejected with its line, within a second.
-        Outcomes arrive as bus events; an open editor is told at once."""
-        self._watch_stop = asyncio.Event()
-        await self.files.watch(self._watch_stop, on_result=lambda r: self._disk_changed(r.server))
+    # -- the snapshot -------------------------------------------------------------------
+    async def fetch_snapshot(self) -> None:
+        """Take a new snapshot of the gateway (local: at once; remote: one request) and redraw."""
+        now_fn = getattr(self.control, "snapshot_now", None)
+        try:
+            snap = now_fn() if now_fn is not None else await self.control.snapshot()
+        except Exception as exc:  # noqa: BLE001 - an attached gateway may be gone: keep what we saw
+            self.log.warning(f"snapshot failed: {exc}")
+            return
+        self._set_snapshot(snap)
+
+    def _set_snapshot(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self._snap_stale = False
+        self._snap_at = time.monotonic()
+        for s in snap.servers:
+            self.model.sync_counters(s.name, s.counters, self.clock())
+        self.model.sync_pending(snap.pending, snap.taken_at)
+        if self.main is not None and self.main.is_mounted:
+            self.main.refresh_tree()
+            self.main.refresh_gauges()
+            self.main.refresh_status()
+            self.refresh_pending()
+
+    def _snapshot_soon(self) -> None:
+        """Take a snapshot now for a local gateway, or soon (one at a time) for an attached one."""
+        if getattr(self.control, "snapshot_now", None) is not None:
+            self._set_snapshot(self.control.snapshot_now())  # type: ignore[attr-defined]
+        else:
+            self._snap_stale = True
+            self.run_worker(self.fetch_snapshot(), name="snapshot", exclusive=True, group="snapshot")
+
+    def policy_of(self, server: str) -> Any:
+        """The running policy of `server` as a `mcpguard.policy.Policy` (parsed from the snapshot's text,
+        once per version), or None when none runs."""
+        s = self.snap.server(server) if self.snap is not None else None
+        if s is None or s.policy.text is None:
+            return None
+        cached = self._policies.get(server)
+        if cached is not None and cached[0] == s.policy.version:
+            return cached[1]
+        from mcpguard.policy import PolicyError, parse_policy
+
+        try:
+            policy = parse_policy(s.policy.text, s.policy.format, s.policy.path or f"{server}.{s.policy.format}")
+        except PolicyError:
+            policy = None
+        self._policies[server] = (s.policy.version, policy)
+        return policy
+
+    def can_undo(self) -> bool:
+        return bool(self.snap is not None and self.snap.gateway.can_undo)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
 
     def _disk_changed(self, server: str) -> None:
         for screen in self.screen_stack:
             if isinstance(screen, EditorScreen) and screen.server == server:
                 screen.disk_changed()
-
-    def action_help(self) -> None:
-        if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
 
     # -- events ---------------------------------------------------------------------
     def flush_events(self) -> None:
@@ -258,10 +316,11 @@ class ConsoleApp(App[int]):
         self.main.apply_batch(new, changed, evicted)
         kinds = {type(e).__name__ for e in batch}
         self._notify_policy_events(batch)
-        if kinds & {"PolicyReloaded"}:
-            self._sync_counter_limits({e.server for e in batch if type(e).__name__ == "PolicyReloaded"})
-        if kinds & {"PolicyReloaded", "PolicyRejected", "UpstreamState", "ToolChanged"}:
-            self.main.refresh_tree()
+        for e in batch:  # the gateway follows the files; an open editor follows what it saw
+            if type(e).__name__ in ("PolicyReloaded", "PolicyRejected") and getattr(e, "source", "file") == "file":
+                self._disk_changed(e.server)
+        if kinds & _STALE:
+            self._snapshot_soon()
         # gauges and the status bar repaint on the 1 s tick; a batch redraws them at
         # once only when what a person must see at once changed: a gauge appeared,
         # went or changed color, or a denial / pending / policy figure moved
@@ -299,20 +358,12 @@ class ConsoleApp(App[int]):
     def _tick(self) -> None:
         if self.main is None or not self.main.is_mounted:
             return
+        if self.started and (self._snap_stale or time.monotonic() - self._snap_at >= SNAPSHOT_EVERY_S):
+            self._snapshot_soon()
         self.main.refresh_gauges()
         self.main.refresh_status()
         if self.model.pending:
             self.refresh_pending()
-        sig = self._servers_signature()
-        if sig != self._tree_sig:
-            self.main.refresh_tree()
-
-    def _servers_signature(self) -> tuple:
-        """What the tree shows, cheaply: tools, states, policies and errors per server."""
-        return tuple(
-            (name, getattr(h, "state", None), len(getattr(h, "tools", ()) or ()), id(getattr(h, "policy", None)),
-             len(getattr(h, "changed_tools", ()) or ()), len(getattr(h, "policy_errors", ()) or ()))
-            for name, h in self._handles().items())
 
     def refresh_views(self) -> None:
         if self.main is None or not self.main.is_mounted:
@@ -327,40 +378,27 @@ class ConsoleApp(App[int]):
             self.main.show_welcome()
 
     # -- what the screens show ------------------------------------------------------
-    def _handles(self) -> dict[str, Any]:
-        return dict(getattr(self.gateway, "servers", {}) or {})
-
     def listen_url(self) -> str:
-        handles = self._handles()
-        if not self.started:
+        if not self.started or self.snap is None:
             return "starting…"
-        if len(handles) == 1:
-            try:
-                return self.gateway.url(next(iter(handles)))
-            except Exception:  # noqa: BLE001
-                pass
-        return str(getattr(self.gateway, "base_url", ""))
+        if len(self.snap.servers) == 1:
+            return self.snap.servers[0].url
+        return self.snap.gateway.base_url
+
+    def server_url(self, server: str) -> str | None:
+        s = self.snap.server(server) if self.snap is not None else None
+        return s.url if s is not None else None
 
     def server_views(self) -> list[ServerView]:
-        self._tree_sig = self._servers_signature()
         views = []
-        for name, h in self._handles().items():
-            policy = getattr(h, "policy", None)
-            changed = set(getattr(h, "changed_tools", ()) or ()) | {
-                t for s, t in self.model.changed_tools if s == name}
-            tools = []
-            for tool in getattr(h, "tools", None) or []:
-                tname = tool.get("name", "?") if isinstance(tool, dict) else str(tool)
-                try:
-                    r = h.risk(tname)
-                    level, kind = r.level, r.kind
-                except Exception:  # noqa: BLE001
-                    level, kind = "medium", ""
-                tools.append(ToolView(tname, level, kind, tool_state(policy, tname), tname in changed))
-            errors = list(getattr(h, "policy_errors", ()) or ()) or list(self.model.policy_errors.get(name, ()))
-            views.append(ServerView(name, str(getattr(h, "state", "starting")), tools,
-                                    str(getattr(h, "policy_path", "") or ""),
-                                    str(errors[0]) if errors else None))
+        for s in (self.snap.servers if self.snap is not None else []):
+            changed = {t.name for t in s.tools if t.changed} | {t for srv, t in self.model.changed_tools
+                                                                  if srv == s.name}
+            tools = [ToolView(t.name, t.risk.level, t.risk.kind, t.state, t.name in changed) for t in s.tools]
+            errors = list(s.policy.errors) or list(self.model.policy_errors.get(s.name, ()))
+            state = self.model.upstream_state.get(s.name, s.state) if self._snap_stale else s.state
+            views.append(ServerView(s.name, state, tools, s.policy.path or "", str(errors[0]) if errors else None))
+        self._tree_sig = tuple((v.name, v.state, len(v.tools), v.policy_error) for v in views)
         return views
 
     def status_fields(self) -> dict[str, Any]:
@@ -388,13 +426,10 @@ class ConsoleApp(App[int]):
         hint = self.hint_text()
         if hint:
             t.append(hint)
-        elif self.started:
+        elif self.started and self.snap is not None:
             t.append("Point an MCP client (Streamable HTTP) at:\n")
-            for name in self._handles():
-                try:
-                    t.append(f"  {self.gateway.url(name)}\n", style="bold")
-                except Exception:  # noqa: BLE001
-                    pass
+            for s in self.snap.servers:
+                t.append(f"  {s.url}\n", style="bold")
         t.append("\n? keys · / filter · e edit policy · ctrl+p palette", style="dim")
         return t
 
@@ -405,9 +440,8 @@ class ConsoleApp(App[int]):
         return self.connect_hint() if callable(self.connect_hint) else self.connect_hint
 
     def tool_text(self, server: str, tool: str) -> Text:
-        h = self._handles().get(server)
         view = next((t for v in self.server_views() if v.name == server for t in v.tools if t.name == tool), None)
-        return tool_detail_text(server, tool, view, getattr(h, "policy", None))
+        return tool_detail_text(server, tool, view, self.policy_of(server))
 
     def server_text(self, server: str) -> Text:
         v = next((v for v in self.server_views() if v.name == server), None)
@@ -418,99 +452,91 @@ class ConsoleApp(App[int]):
             t.append(f"policy {v.policy_path or '(none: every call is denied)'}\n")
             if v.policy_error:
                 t.append(f"{v.policy_error}\n", style="bold red")
-        try:
-            t.append(f"endpoint {self.gateway.url(server)}\n")
-        except Exception:  # noqa: BLE001
-            pass
+        url = self.server_url(server)
+        if url:
+            t.append(f"endpoint {url}\n")
         if self.hint_text():
             t.append("\n" + self.hint_text())
         t.append("\ne edits this server's policy", style="dim")
         return t
 
     # -- actions the screens ask for ------------------------------------------------
-    def answer(self, approval_id: str | None, how: str) -> None:
-        """Approve, deny or approve for session one pending approval (core API)."""
+    def answer(self, approval_id: str | None, how: str, *, reason: str | None = None,
+               arguments: dict[str, Any] | None = None, digest: str | None = None) -> None:
+        """Approve (`approve`, `approve_session`, `approve_edited`) or deny one pending approval."""
         if approval_id is None:
             return
-        approvals = self.gateway.approvals
-        if how == "approve":
-            ok = approvals.approve(approval_id, by="console")
-        elif how == "approve_session":
-            ok = approvals.approve(approval_id, by="console", for_session=True)
-        else:
-            ok = approvals.deny(approval_id, by="console")
-        if not ok:
-            self.notify("that approval is no longer pending", severity="warning")
+        self.run_worker(self._answer(approval_id, how, reason, arguments, digest), group="answers")
+
+    async def _answer(self, approval_id: str, how: str, reason: str | None, arguments: dict[str, Any] | None,
+                      digest: str | None) -> None:
+        try:
+            if how == "deny":
+                result = await self.control.deny(approval_id, by=self.by, reason=reason, digest=digest)
+            else:
+                result = await self.control.approve(approval_id, by=self.by, for_session=how == "approve_session",
+                                                    arguments=arguments, digest=digest)
+        except ControlError as exc:
+            self.notify(exc.message, severity="warning", timeout=6)
+            return
+        if "only this call" in result.message:
+            self.notify(result.message, timeout=6)
         self.flush_events()
 
-    def open_editor(self, server: str | None) -> None:
-        handles = self._handles()
-        if not handles:
+    def open_editor(self, server: str | None, tool: str | None = None) -> None:
+        servers = self.snap.servers if self.snap is not None else []
+        if not servers:
             self.notify("no server configured", severity="warning")
             return
-        name = server if server in handles else next(iter(handles))
-        path = getattr(handles[name], "policy_path", None)
-        if not path:
-            self.notify(f"server {name} has no policy file in mcpguard.toml", severity="warning")
+        s = next((x for x in servers if x.name == server), servers[0])
+        if not s.policy.path:
+            self.notify(f"server {s.name} has no policy file in mcpguard.toml", severity="warning")
             return
-        self.push_screen(EditorScreen(name, Path(path)))
+        self.push_screen(EditorScreen(s.name, Path(s.policy.path), tool=tool))
 
-    # -- policy edits (issue 5) -----------------------------------------------------
-    def edit_policy(self, server: str, label: str, fn: Callable[[str, str], str]) -> bool:
-        """Apply one text edit (`mcpguard.policy.edit`) to `server`'s policy file
-        through `PolicyFiles.edit`: validated, written atomically with comments
-        kept, applied at once. The notification with the diff follows from the
-        `PolicyReloaded` event; an `EditError` or `OSError` is an error
-        notification and nothing is written. Returns True when applied."""
-        from mcpguard.policy.edit import EditError
-
-        if self.files is None:
+    # -- policy edits ------------------------------------------------------------------
+    def tune(self, server: str, **change: Any) -> None:
+        """One edit of `server`'s policy (`Control.tune`: a max, an action, hidden): validated, written
+        atomically with comments kept, applied at once. The notification with the diff follows from the
+        `PolicyReloaded` event; a refusal is an error notification and nothing is written."""
+        if not self.started:
             self.notify("the gateway is not up yet", severity="warning")
-            return False
+            return
+        self.run_worker(self._tune(server, change), group="edits")
+
+    async def _tune(self, server: str, change: dict[str, Any]) -> None:
         try:
-            result = self.files.edit(server, fn)
-        except (EditError, OSError) as exc:
-            self.notify(str(exc), title=f"{label}: not changed", severity="error", timeout=8)
-            return False
-        if not result.applied:
-            if result.unchanged:
-                self.notify(f"{label}: the policy already says so")
-            return False
-        self._edit_labels[server].append(label)  # names the PolicyReloaded just published
+            result = await self.control.tune(server, by=self.by, **change)
+        except ControlError as exc:
+            self.notify(exc.message, title="not changed", severity="error", timeout=8)
+            return
+        if result.unchanged:
+            self.notify(result.message)
         self.flush_events()
-        return True
 
     def undo_edit(self) -> None:
         """Put back the policy text from before the last edit (`u`)."""
-        if self.files is None or not self.files.can_undo():
-            self.notify("nothing to undo", severity="warning")
-            return
+        self.run_worker(self._undo(), group="edits")
+
+    async def _undo(self) -> None:
         try:
-            result = self.files.undo()
-        except OSError as exc:
-            self.notify(f"undo failed: {exc}", severity="error")
-            return
-        if result is not None and result.applied:
-            self._edit_labels[result.server].append("undo")
+            await self.control.undo(by=self.by)
+        except ControlError as exc:
+            self.notify(exc.message, severity="warning")
         self.flush_events()
 
-    def save_policy_text(self, server: str, text: str) -> Any:
-        """The editor's ctrl+s: `PolicyFiles.save_text` (validated, written
-        atomically, applied). Returns the `ReloadResult`; raises EditError or
-        OSError (nothing lost: the editor keeps the text)."""
-        result = self.files.save_text(server, text)
-        if result.applied:
-            self._edit_labels[server].append("saved from the editor")
+    async def save_policy_text(self, server: str, text: str) -> Any:
+        """The editor's ctrl+s: `Control.save_policy` (validated, written atomically, applied). Returns the
+        `CommandResult`; raises `ControlError` (nothing lost: the editor keeps the text)."""
+        result = await self.control.save_policy(server, text, by=self.by)
         self.flush_events()
-        self.refresh_views()
         return result
 
     def _notify_policy_events(self, batch: list[Any]) -> None:
         for e in batch:
             kind = type(e).__name__
             if kind == "PolicyReloaded":
-                labels = self._edit_labels.get(e.server)
-                label = labels.popleft() if labels and e.source != "file" else None
+                label = e.label if e.source != "file" else None
                 name = Path(e.path).name or e.server
                 title = (f"{name}: {label}" if label else
                          f"{name} changed on disk: applied" if e.source == "file" else f"{name}: applied")
@@ -525,25 +551,6 @@ class ConsoleApp(App[int]):
                 self.notify(f"{e.tool} on {e.server}: the policy changed while it waited; {what}",
                             title="approval resolved by the policy",
                             severity="information" if e.approved else "warning", timeout=8)
-
-    def _sync_counter_limits(self, servers: set[str]) -> None:
-        """Let the gauges show a reloaded policy's `max` at once (counts are kept)."""
-        now_mono = time.monotonic()
-        for name in servers:
-            h = self._handles().get(name)
-            counters = getattr(h, "counters", None)
-            policy = getattr(h, "policy", None)
-            if counters is None or policy is None:
-                continue
-            limits = list(policy.all_tools_limits)
-            for rule in policy.tools.values():
-                limits += list(rule.limits)
-            try:
-                counters.update_limits(limits)
-                views = counters.snapshot(now_mono)
-            except Exception:  # noqa: BLE001 - gauges are a view; never break the console
-                continue
-            self.model.sync_counters(name, views, self.clock())
 
     # -- command palette ------------------------------------------------------------
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:

@@ -155,6 +155,17 @@ class CallLog:
                     server, v.counter, v.scope, v.scope_key, v.count, v.max, v.window_s,
                     v.retry_after_s, seen_at=now)
 
+    def sync_pending(self, pending: Iterable[Any], taken_at: float) -> None:
+        """Reconcile the pending approvals with a snapshot's (`PendingState`s, taken at `taken_at`, epoch
+        seconds): add what the events did not bring (a console that attached late), drop what the snapshot
+        no longer has although it was asked before it (answered meanwhile, its event lost)."""
+        snap = {p.approval_id: p for p in pending}
+        for aid, p in snap.items():
+            self.pending.setdefault(aid, p)
+        for aid in [a for a, p in self.pending.items() if a not in snap
+                    and getattr(p, "ts", getattr(p, "created_at", 0.0)) < taken_at]:
+            del self.pending[aid]
+
     def calls_per_minute(self, now: float | None = None) -> int:
         """Calls received in the last 60 seconds."""
         now = time.time() if now is None else now

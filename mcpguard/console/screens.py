@@ -180,27 +180,15 @@ class MainScreen(Screen):
         self.refresh_bindings()
 
     def _change_max(self, delta: int) -> None:
-        from functools import partial
-
-        from mcpguard.policy.edit import set_max
-
         counter = self._selected_counter()
         if counter is not None:
             server, name = counter
-            self.app.edit_policy(server, f"{name} max {delta:+d}", partial(set_max, counter=name, delta=delta))
+            self.app.tune(server, counter=name, max_delta=delta)
             return
         tool = self._selected_tool()
         if tool is not None:
             server, name = tool
-            policy = getattr(self.app.gateway.servers[server], "policy", None)
-            rule = policy.tools.get(name) if policy is not None else None
-            shared = policy.limits_for(name) if policy is not None else ()
-            if (rule is None or not rule.limits) and shared:
-                # the tool counts against `all_tools.limits`: its first limit is that counter
-                self.app.edit_policy(server, f"{shared[0].counter} max {delta:+d}",
-                                     partial(set_max, counter=shared[0].counter, delta=delta))
-                return
-            self.app.edit_policy(server, f"{name} max {delta:+d}", partial(set_max, tool=name, delta=delta))
+            self.app.tune(server, tool=name, max_delta=delta)
 
     def action_max_up(self) -> None:
         self._change_max(1)
@@ -215,30 +203,14 @@ class MainScreen(Screen):
         self._change_max(-10)
 
     def action_cycle_action(self) -> None:
-        from mcpguard.policy.edit import next_action, set_action
-
         sel = self._selected_tool()
-        if sel is None:
-            return
-        server, tool = sel
-        policy = getattr(self.app.gateway.servers[server], "policy", None)
-        rule = policy.tools.get(tool) if policy is not None else None
-        current = (rule.action or "allow") if rule is not None else (policy.default if policy else "deny")
-        new = next_action(current)
-        self.app.edit_policy(server, f"{tool}: {current} → {new}",
-                             lambda text, fmt: set_action(text, fmt, tool, new))
+        if sel is not None:
+            self.app.tune(sel[0], tool=sel[1], action="cycle")
 
     def action_toggle_hidden(self) -> None:
-        from mcpguard.policy.edit import set_hidden
-
         sel = self._selected_tool()
-        if sel is None:
-            return
-        server, tool = sel
-        policy = getattr(self.app.gateway.servers[server], "policy", None)
-        hide = not (policy is not None and policy.is_hidden(tool))
-        self.app.edit_policy(server, f"{tool}: {'hidden' if hide else 'shown'}",
-                             lambda text, fmt: set_hidden(text, fmt, tool, hide))
+        if sel is not None:
+            self.app.tune(sel[0], tool=sel[1])
 
     def action_undo(self) -> None:
         self.app.undo_edit()
@@ -252,8 +224,7 @@ class MainScreen(Screen):
         if action in ("cycle_action", "toggle_hidden"):
             return self._selected_tool() is not None
         if action == "undo":
-            files = getattr(self.app, "files", None)
-            return bool(files is not None and files.can_undo())
+            return self.app.can_undo()
         return True
 
     def _current_approval(self) -> str | None:
@@ -282,10 +253,11 @@ class MainScreen(Screen):
     # -- editor -----------------------------------------------------------------------
     def action_edit_policy(self) -> None:
         tree = self.query_one("#tree", ServerTree)
-        server = None
+        server = tool = None
         if tree.cursor_node is not None and tree.cursor_node.data:
             server = tree.cursor_node.data.get("server")
-        self.app.open_editor(server)
+            tool = tree.cursor_node.data.get("tool")
+        self.app.open_editor(server, tool)
 
 
 class ApprovalQueueScreen(ModalScreen[None]):
@@ -373,15 +345,18 @@ class EditorScreen(Screen):
     BINDINGS = bindings("editor")
     app: ConsoleApp
 
-    def __init__(self, server: str, path: Path) -> None:
+    def __init__(self, server: str, path: Path, *, tool: str | None = None) -> None:
         super().__init__()
         self.server = server
         self.path = path
+        self.tool = tool  # the editor opens at this tool's table
         self.fmt = "json" if path.suffix.lower() == ".json" else "toml"
         self.issues: list[Any] = []
         self.saved_text = ""
+        self.loaded = False
         self._warned_unsaved = False
         self.disk_conflict = False  # the file changed on disk while there were unsaved edits
+        self._disk_text: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="editor-title")
@@ -392,14 +367,7 @@ class EditorScreen(Screen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except OSError as exc:
-            text = ""
-            self.notify(f"cannot read {self.path}: {exc}", severity="error")
-        self.saved_text = text
         area = self.query_one("#editor", PolicyTextArea)
-        area.load_text(text)
         area.focus()
         try:
             shown = self.path.resolve().relative_to(Path.cwd().resolve())
@@ -407,24 +375,46 @@ class EditorScreen(Screen):
             shown = self.path
         self.query_one("#editor-title", Static).update(
             Text.assemble((" policy ", "bold reverse"), f" {self.server} · {shown}"))
-        self.validate(text)
         self.refresh_pending()
         self._show_conflict()
+        self.run_worker(self._first_load(), exclusive=True, group="editor-load")
+
+    async def _first_load(self) -> None:
+        text = await self._read_disk()
+        if text is None:
+            text = ""
+        self.saved_text = text
+        area = self._area()
+        area.load_text(text)
+        if self.tool:
+            line = _line_of_tool(text, self.fmt, self.tool)
+            if line is not None:
+                area.move_cursor((line, 0))
+                area.scroll_cursor_visible(center=True)
+        self.loaded = True
+        self.validate(text)
 
     def _area(self) -> PolicyTextArea:
         return self.query_one("#editor", PolicyTextArea)
 
-    def _read_disk(self) -> str | None:
+    async def _read_disk(self) -> str | None:
+        """The policy file as it is now on the gateway's disk (`Control.policy_text`), or None."""
         try:
-            return self.path.read_text(encoding="utf-8")
-        except OSError:
+            got = await self.app.control.policy_text(self.server)
+        except Exception as exc:  # noqa: BLE001 - the gateway may be gone: keep what the editor has
+            self.notify(f"cannot read the policy: {exc}", severity="error")
             return None
+        if got.text is None:
+            self.notify(f"cannot read {self.path.name}: {got.error}", severity="error")
+        return got.text
 
     def disk_changed(self) -> None:
         """The file may have changed on disk: follow it, or offer to when there are unsaved edits."""
-        if not self.is_mounted:
-            return
-        disk = self._read_disk()
+        if self.is_mounted and self.loaded:
+            self.run_worker(self._follow_disk(), exclusive=True, group="editor-load")
+
+    async def _follow_disk(self) -> None:
+        disk = await self._read_disk()
         if disk is None or disk == self.saved_text:
             return
         area = self._area()
@@ -435,6 +425,7 @@ class EditorScreen(Screen):
             self.saved_text = disk
             self.validate(disk)
         else:
+            self._disk_text = disk
             self.disk_conflict = True
             self._show_conflict()
 
@@ -460,11 +451,12 @@ class EditorScreen(Screen):
         self.refresh_bindings()
 
     def action_reload_from_disk(self) -> None:
-        disk = self._read_disk()
-        if disk is None:
-            self.notify(f"cannot read {self.path}", severity="error")
-            return
-        self._load(disk)
+        self.run_worker(self._reload_from_disk(), exclusive=True, group="editor-load")
+
+    async def _reload_from_disk(self) -> None:
+        disk = await self._read_disk()
+        if disk is not None:
+            self._load(disk)
 
     def refresh_pending(self) -> None:
         n = len(self.app.model.pending)
@@ -520,19 +512,19 @@ class EditorScreen(Screen):
         return policy
 
     def action_save(self) -> None:
-        from mcpguard.policy.edit import EditError
-
         text = self._area().text
         if self.validate(text) is None:
             self.notify("the policy has errors; nothing was written or applied", severity="error")
             return
+        self.run_worker(self._save(text), exclusive=True, group="editor-save")
+
+    async def _save(self, text: str) -> None:
+        from mcpguard.control import ControlError
+
         try:
-            result = self.app.save_policy_text(self.server, text)
-        except (EditError, OSError) as exc:  # shown to the person, nothing lost
-            self.notify(f"not saved: {exc}", severity="error")
-            return
-        if result.errors:
-            self.notify("not saved: " + "; ".join(result.errors[:2]), severity="error")
+            result = await self.app.save_policy_text(self.server, text)
+        except ControlError as exc:  # shown to the person, nothing lost
+            self.notify(exc.message, severity="error")
             return
         self.saved_text = text
         self.disk_conflict = False
@@ -609,6 +601,18 @@ class ConfirmQuitScreen(ModalScreen[bool]):
 
     def action_answer(self, value: bool) -> None:
         self.dismiss(value)
+
+
+def _line_of_tool(text: str, fmt: str, tool: str) -> int | None:
+    """The 0-based line where `tool`'s own table (TOML) or entry (JSON) starts, or None."""
+    import re
+
+    pattern = (re.compile(rf'^\s*\[\s*tools\.(?:"{re.escape(tool)}"|{re.escape(tool)})\s*\]') if fmt == "toml"
+               else re.compile(rf'^\s*"{re.escape(tool)}"\s*:'))
+    for i, line in enumerate(text.splitlines()):
+        if pattern.search(line):
+            return i
+    return None
 
 
 def tool_detail_text(server: str, tool: str, view: Any, policy: Any) -> Text:

@@ -58,13 +58,17 @@ class Gateway:
     `mcpguard.telemetry.Telemetry` (spans, metrics; flushed by `stop()`).
 
     `servers[name]` is the `ServerHandle`; `pools[name]` its `UpstreamPool`;
-    `pipelines[name]` its `CallPipeline`.
+    `pipelines[name]` its `CallPipeline`; `files` the `PolicyFiles` every
+    policy change goes through (with `watch_policies`, the default, the
+    files are followed while it runs: an edit on disk is applied or rejected
+    within a second).
     """
 
-    def __init__(self, config: Config, bus: EventBus | None = None, interactive: bool = True) -> None:
+    def __init__(self, config: Config, bus: EventBus | None = None, interactive: bool = True, *,
+                 watch_policies: bool = True) -> None:
         self.config = config
         self.bus = bus or EventBus()
-        self.approvals = Approvals(self.bus)
+        self.approvals = Approvals(self.bus, session_ttl_s=config.gateway.approve_for_session_ttl_s)
         self.interactive = interactive
         gw = config.gateway
         self.host = gw.host
@@ -93,6 +97,12 @@ class Gateway:
         app: Any = GatewayApp(self.endpoints)
         app = with_grants(app, self.grants) if self.grants else LoopbackOnly(app)
         self._http = HttpServer(app, self.host, self.port, read_timeout_s=gw.request_read_timeout_s)
+        from mcpguard.reload import PolicyFiles
+
+        self.files = PolicyFiles(self)
+        self._watch_policies = watch_policies
+        self._watch_stop = asyncio.Event()
+        self._watch_task: asyncio.Task[None] | None = None
         self._manager_tasks: list[asyncio.Task[None]] = []
         self._manager_stop = asyncio.Event()
         self._started = False
@@ -169,6 +179,9 @@ class Gateway:
             await self.stop()
             raise
         self._bound_port = self._http.port
+        self.files.sync_applied()
+        if self._watch_policies:
+            self._watch_task = asyncio.create_task(self.files.watch(self._watch_stop), name="mcpguard policy watch")
         if gw.url_file:
             p = Path(gw.url_file)
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +189,11 @@ class Gateway:
 
     async def stop(self) -> None:
         """Deny pending approvals, close every session, stop upstream processes and the HTTP server."""
+        self._watch_stop.set()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._watch_task
         self.approvals.deny_all()
         await self._http.stop()
         self._manager_stop.set()

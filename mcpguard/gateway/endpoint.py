@@ -170,6 +170,22 @@ class Endpoint:
 
         return on_progress
 
+    def _keepalive(self, ctx: ServerRequestContext[Any, Any]) -> Any:
+        """While a call waits for a person: progress for an agent that asked for it (`progressToken`), so a
+        client whose read timeout resets on progress keeps waiting. Without a token the response stream
+        itself is kept alive by the SDK's SSE pings (every 15 s, both eras)."""
+        if progress_token_from_params(ctx.params) is None:
+            return None
+        session = ctx.session
+        waited = [0.0]
+
+        async def on_wait(remaining_s: float) -> None:
+            waited[0] += 1
+            await session.report_progress(waited[0], None, f"waiting for a person's approval, "
+                                                            f"{_clock(remaining_s)} left")
+
+        return on_wait
+
     def _shape(self, ctx: ServerRequestContext[Any, Any], conn: UpstreamConnection,
                result: dict[str, Any]) -> dict[str, Any]:
         return eras.complete_for(result, agent_era=eras.era_of(ctx.protocol_version), server_info=conn.server_info)
@@ -188,16 +204,17 @@ class Endpoint:
 
     async def _forward_interactive(self, ctx: ServerRequestContext[Any, Any], params: Any = None) -> dict[str, Any]:
         sess, conn = self._route(ctx)
-        return self._shape(ctx, conn, await self._interactive(ctx, sess, conn))
+        return self._shape(ctx, conn, await self._interactive(ctx, sess, conn, ctx.params))
 
     async def _interactive(self, ctx: ServerRequestContext[Any, Any], sess: AgentSession | None,
-                           conn: UpstreamConnection, call: Call | None = None) -> dict[str, Any]:
+                           conn: UpstreamConnection, params: Mapping[str, Any] | None,
+                           call: Call | None = None) -> dict[str, Any]:
         """Forward a request whose answer may be an `InputRequiredResult` (tools/call, prompts/get,
         resources/read), across eras (see the module docstring)."""
         agent_modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
         if agent_modern and not conn.modern:
-            return await self._bridged(ctx, conn, call)
-        result = await self._send(ctx, sess, conn, ctx.params)
+            return await self._bridged(ctx, conn, params, call)
+        result = await self._send(ctx, sess, conn, params)
         if not eras.is_input_required(result):
             return result
         if agent_modern:
@@ -205,12 +222,13 @@ class Endpoint:
             if call is not None and isinstance(state, str):
                 self.pool.continuations.passed(state, call, call.grant)
             return result
-        return await self._drive_input_required(ctx, sess, conn, result)
+        return await self._drive_input_required(ctx, sess, conn, params, result)
 
     async def _drive_input_required(self, ctx: ServerRequestContext[Any, Any], sess: AgentSession | None,
-                                    conn: UpstreamConnection, result: dict[str, Any]) -> dict[str, Any]:
+                                    conn: UpstreamConnection, sent: Mapping[str, Any] | None,
+                                    result: dict[str, Any]) -> dict[str, Any]:
         """A 2026-07-28 upstream asked a handshake-era agent for input: ask the agent itself, then retry."""
-        params = dict(ctx.params or {})
+        params = dict(sent or {})
         for _ in range(INPUT_REQUIRED_MAX_ROUNDS):
             if not eras.is_input_required(result):
                 return result
@@ -240,9 +258,9 @@ class Endpoint:
         return result.model_dump(by_alias=True, mode="json", exclude_none=True)
 
     async def _bridged(self, ctx: ServerRequestContext[Any, Any], conn: UpstreamConnection,
-                       call: Call | None) -> dict[str, Any]:
+                       sent: Mapping[str, Any] | None, call: Call | None) -> dict[str, Any]:
         """A 2026-07-28 agent in front of a handshake-era upstream: mid-call requests become input rounds."""
-        params = dict(ctx.params or {})
+        params = dict(sent or {})
         name = params.get("name") if isinstance(params.get("name"), str) else params.get("uri")
         grant = grant_of(ctx)
         parked = self.pool.continuations.resume(params.get("requestState"), grant, ctx.method,
@@ -292,8 +310,9 @@ class Endpoint:
         if sess is not None:
             sess.calls += 1
 
-        async def forward() -> dict[str, Any]:
-            return await self._interactive(ctx, sess, conn, call)
+        async def forward(decided: Call) -> dict[str, Any]:
+            params = p if decided.arguments == arguments else {**p, "arguments": decided.arguments}
+            return await self._interactive(ctx, sess, conn, params, decided)
 
         state = p.get("requestState") if isinstance(p.get("requestState"), str) else None
         parked = self.pool.continuations.peek(state, grant, "tools/call", name)
@@ -306,7 +325,7 @@ class Endpoint:
             call = self.pipeline.new_call(name, arguments, grant=grant,
                                           session_id=sess.session_id if sess is not None else None,
                                           client=client if isinstance(client, str) else None)
-            result = await self.pipeline.run(call, forward)
+            result = await self.pipeline.run(call, forward, on_wait=self._keepalive(ctx))
         if sess is not None and result.get("isError") and result.get("_meta", {}).get("mcpguard/decision"):
             sess.refused += 1
         return self._shape(ctx, conn, result)
@@ -433,6 +452,12 @@ class Endpoint:
             else:
                 result.pop("instructions", None)
         return result
+
+
+def _clock(seconds: float) -> str:
+    """`1m40s`, `45s`: a countdown as a person reads it."""
+    s = int(round(seconds))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def _legacy_capabilities(caps: Mapping[str, Any]) -> dict[str, Any]:

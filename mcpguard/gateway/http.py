@@ -77,6 +77,10 @@ class GatewayApp:
         if ep is None:
             await json_error(send, 404, f"no MCP endpoint at {scope.get('path', '')}; endpoints: {self._names}")
             return
+        sid = _header(scope, b"mcp-session-id")
+        if sid is not None and ep.pool.ended and (why := ep.pool.ended.get(sid.decode("latin-1"))) is not None:
+            await json_error(send, 404, f"Session not found: {why}; open a new session")
+            return
         modern_post = scope.get("method") == "POST" and _header(scope, b"mcp-protocol-version") in _MODERN
         body: list[bytes] = []
         if modern_post:

@@ -14,6 +14,7 @@ description, inputSchema, annotations); a definition that differs later is a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ class ServerHandle:
       `policy_path`, `policy_errors` (`file:line:col: message` strings, empty
       when the last load succeeded).
     - `counters`: this server's `mcpguard.ratelimit.Counters`, kept across
-      policy changes.
+      policy changes; `shadow_counters` those of its shadow limits (`mode =
+      "shadow"`), kept apart.
     - `changed_tools`: names whose definition differs from first sight;
       `fingerprints`: tool name -> sha256 at first sight.
     """
@@ -53,6 +55,9 @@ class ServerHandle:
         self.policy_path: Path | None = Path(config.policy) if config.policy else None
         self.policy_errors: list[str] = []
         self.counters = Counters(config.name, bus)
+        # shadow limits count here, apart from the enforcing ones: a shadow rule never spends a real
+        # budget, and a real budget never fills a shadow gauge
+        self.shadow_counters = Counters(config.name, bus)
         self.changed_tools: set[str] = set()
         self.fingerprints: dict[str, str] = {}
         self.call_timeout_s: float = config.call_timeout_s
@@ -60,6 +65,7 @@ class ServerHandle:
         self._last_fp: dict[str, str] = {}
         self._announced_fps: dict[str, set[str]] = {}  # changed definitions already published
         self._risk_cache: dict[str, Risk] = {}
+        self._policy_version: tuple[Any, str] = (None, "")
 
     # -- tools ----------------------------------------------------------------
     def tool(self, name: str) -> dict[str, Any] | None:
@@ -128,6 +134,17 @@ class ServerHandle:
         self.changed_tools.discard(tool)
 
     # -- policy ---------------------------------------------------------------
+    @property
+    def policy_version(self) -> str | None:
+        """A short digest of the running policy's text (None: no policy), part of an approval's digest."""
+        policy = self.policy
+        if policy is None:
+            return None
+        if self._policy_version[0] is not policy:
+            text = getattr(getattr(policy, "source", None), "text", None) or repr(policy)
+            self._policy_version = (policy, hashlib.sha256(text.encode("utf-8")).hexdigest()[:16])
+        return self._policy_version[1]
+
     def apply_policy(self, policy: Any) -> None:
         """Make `policy` (already validated) this server's policy; counters are kept.
 
@@ -138,12 +155,15 @@ class ServerHandle:
         self.policy_errors = []
         self._risk_cache.clear()
         if policy is not None:
+            now = time.monotonic()
             with contextlib.suppress(Exception):
-                self.counters.retain(policy.counter_names(), time.monotonic())
+                self.counters.retain(policy.counter_names(), now)
+                self.shadow_counters.retain(policy.shadow_counter_names(), now)
                 limits = list(policy.all_tools_limits)
                 for rule in policy.tools.values():
                     limits += rule.limits
-                self.counters.update_limits(limits)
+                self.counters.update_limits([lim for lim in limits if not lim.shadow])
+                self.shadow_counters.update_limits([lim for lim in limits if lim.shadow])
 
     # -- state ----------------------------------------------------------------
     def set_state(self, state: str, detail: str = "") -> None:

@@ -56,7 +56,7 @@ from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND
 from mcp_types import methods as spec
 from pydantic import ConfigDict, ValidationError
 
-from mcpguard.events import UpstreamState
+from mcpguard.events import SessionClosed, SessionOpened, UpstreamState
 from mcpguard.gateway import eras
 from mcpguard.gateway.server import ServerHandle
 from mcpguard.gateway.upstream import Agent, UpstreamConnection
@@ -104,6 +104,7 @@ class AgentSession:
     calls: int = 0
     refused: int = 0
     log_level: str | None = None
+    closed: bool = False
 
     @property
     def agent(self) -> Agent:
@@ -293,6 +294,7 @@ class UpstreamPool:
     def __init__(self, handle: ServerHandle, *, on_session_closed: Callable[[AgentSession], None] | None = None) -> None:
         self.handle = handle
         self.sessions: dict[str, AgentSession] = {}
+        self.ended: OrderedDict[str, str] = OrderedDict()  # sessions a person ended -> why
         self.listen_bus = InMemorySubscriptionBus()
         self.continuations = Continuations()
         self._on_session_closed = on_session_closed
@@ -366,12 +368,33 @@ class UpstreamPool:
         if old is not None:
             self.close_session(old)
         self.sessions[session_id] = sess
+        self.handle.bus.publish(SessionOpened(server=self.handle.name, session_id=session_id, grant=grant,
+                                              client=sess.client, protocol_version=protocol_version))
         return sess
 
-    def close_session(self, sess: AgentSession) -> None:
-        """The agent's session ended: drop it, release its subscriptions, close its own connection."""
-        if self.sessions.get(sess.session_id) is sess:
+    def end_session(self, session_id: str, why: str = "ended by a person") -> bool:
+        """End an agent's session from the gateway's side: its requests are refused from now on (the agent
+        must open a new session), its own upstream connection closes. False when there is no such session."""
+        sess = self.sessions.get(session_id)
+        if sess is None:
+            return False
+        self.ended[session_id] = why
+        while len(self.ended) > MAX_PARKED:
+            self.ended.popitem(last=False)
+        self.close_session(sess, why=why)
+        return True
+
+    def close_session(self, sess: AgentSession, why: str = "") -> None:
+        """The agent's session ended: drop it, release its subscriptions, close its own connection (once)."""
+        registered = self.sessions.get(sess.session_id) is sess
+        if registered:
             del self.sessions[sess.session_id]
+        if sess.closed:
+            return
+        sess.closed = True
+        if registered:
+            self.handle.bus.publish(SessionClosed(server=self.handle.name, session_id=sess.session_id,
+                                                  why=why or "the session ended"))
         if sess.upstream is not None:
             self._flights.pop(sess.upstream, None)
             self._spawn_close(sess.upstream)

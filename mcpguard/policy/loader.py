@@ -16,8 +16,10 @@ The keys (PolicyLayer's, then ours):
       require = [{conditions = [{path, op, value}], on_deny}]
       deny_if = [{conditions = [...], on_deny}]
       action, reason, approval_timeout, risk     (mcpguard's)
+      mode = "shadow"             (mcpguard's) on a tool, a limit, a deny_if/require entry
     on_tool_change = "warn"       (mcpguard's) "warn" | "deny"
     approval_timeout = "2m"       (mcpguard's) default for require_approval; 120 s
+    shadow = true                 (mcpguard's) the whole policy decides without enforcing
 
 Decisions where the format leaves room:
 - A counter's name is its identity, so two limits naming one counter must
@@ -25,6 +27,13 @@ Decisions where the format leaves room:
   has one gauge and one meaning). A tool may not name the same counter twice,
   nor one that `all_tools.limits` already counts (a call would count twice).
 - Rules on a hidden tool never apply: a warning, not an error.
+- `mode` is `"enforce"` (the default) or `"shadow"`. A shadow tool rule makes
+  its limits and entries shadow too, and `shadow = true` makes every rule
+  shadow; each `Limit`/`ConditionEntry`/`ToolRule` carries the mode in force.
+  A counter is kept either for enforcing or for shadow limits (two sets of
+  counters, so neither uses up the other's budget), so every limit naming one
+  counter must also agree on the mode. A `mode = "enforce"` under
+  `shadow = true` cannot enforce: a warning.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from mcpguard.policy.model import (
     ACTIONS,
     DEFAULT_APPROVAL_TIMEOUT_S,
     DEFAULTS,
+    MODES,
     ON_TOOL_CHANGE,
     OPS,
     RISK_LEVELS,
@@ -62,11 +72,12 @@ from mcpguard.policy.model import (
 )
 from mcpguard.policy.positions import Path, Positions, json_positions, toml_positions
 
-TOP_KEYS = ("version", "default", "description", "hide", "all_tools", "tools", "on_tool_change", "approval_timeout")
+TOP_KEYS = ("version", "default", "description", "hide", "all_tools", "tools", "on_tool_change", "approval_timeout",
+            "shadow")
 ALL_TOOLS_KEYS = ("limits",)
-TOOL_KEYS = ("action", "reason", "approval_timeout", "risk", "limits", "deny_if", "require")
-LIMIT_KEYS = ("counter", "window", "max", "scope")
-ENTRY_KEYS = ("conditions", "on_deny")
+TOOL_KEYS = ("action", "reason", "approval_timeout", "risk", "limits", "deny_if", "require", "mode")
+LIMIT_KEYS = ("counter", "window", "max", "scope", "mode")
+ENTRY_KEYS = ("conditions", "on_deny", "mode")
 CONDITION_KEYS = ("path", "op", "value")
 
 _TOMLKIT_SUFFIX = re.compile(r"\s+at line \d+ col \d+$")
@@ -245,6 +256,7 @@ class _Validator:
         self.issues: list[PolicyIssue] = []
         self.warnings: list[PolicyIssue] = []
         self.counters: dict[str, Limit] = {}
+        self.shadow_all = False
 
     def _issue(self, path: Path, message: str, hint: str) -> PolicyIssue:
         line, col = self.pos.locate(path)
@@ -296,6 +308,21 @@ class _Validator:
             return None
         return seconds
 
+    def mode(self, path: Path, t: dict[str, Any], inherited: str) -> str:
+        """The mode in force for a table with an optional `mode` key, under `inherited`."""
+        if "mode" not in t:
+            return inherited
+        written = self.choice(path + ("mode",), t["mode"], MODES, "mode")
+        if written is None:
+            return inherited
+        if written == "enforce" and self.shadow_all:
+            self.warn(path + ("mode",), f'{dotted(path)} has mode = "enforce" but the policy has shadow = true, '
+                      "so nothing is enforced", "remove shadow = true to enforce this rule, or remove its mode")
+        if written == "enforce" and inherited == "shadow" and not self.shadow_all:
+            self.warn(path + ("mode",), f'{dotted(path)} has mode = "enforce" inside a tool rule in shadow mode, '
+                      "so it is not enforced", "a shadow tool rule enforces none of its parts")
+        return "shadow" if "shadow" in (written, inherited) else "enforce"
+
     # --- the document ---------------------------------------------------------
 
     def build(self, data: Any, source: PolicySource) -> Policy | None:
@@ -324,12 +351,20 @@ class _Validator:
         approval_timeout_s = DEFAULT_APPROVAL_TIMEOUT_S
         if "approval_timeout" in doc:
             approval_timeout_s = self.duration(("approval_timeout",), doc["approval_timeout"]) or DEFAULT_APPROVAL_TIMEOUT_S
+        if "shadow" in doc:
+            if isinstance(doc["shadow"], bool):
+                self.shadow_all = doc["shadow"]
+            else:
+                shown = f'"{doc["shadow"]}"' if isinstance(doc["shadow"], str) else repr(doc["shadow"])
+                self.err(("shadow",), f"shadow must be true or false, not {shown}",
+                         "shadow = true decides every call without enforcing (the call goes through)")
+        base_mode = "shadow" if self.shadow_all else "enforce"
 
         all_limits: tuple[Limit, ...] = ()
         if "all_tools" in doc:
             at = self.table(("all_tools",), doc["all_tools"], ALL_TOOLS_KEYS, "all_tools holds limits = [...]")
             if at is not None and "limits" in at:
-                all_limits = self.limits(("all_tools", "limits"), at["limits"], set())
+                all_limits = self.limits(("all_tools", "limits"), at["limits"], set(), mode=base_mode)
         self.all_tools_counters = {lim.counter: lim for lim in all_limits}
 
         tools: dict[str, ToolRule] = {}
@@ -337,7 +372,7 @@ class _Validator:
             raw_tools = self.table(("tools",), doc["tools"], tuple(doc["tools"]) if isinstance(doc["tools"], dict) else (), "tools maps tool names to their rules")
             if raw_tools is not None:
                 for name, body in raw_tools.items():
-                    rule = self.tool(name, body)
+                    rule = self.tool(name, body, base_mode)
                     if rule is not None:
                         tools[name] = rule
         hidden_names = {h for h in hide if h != "*"}
@@ -356,6 +391,7 @@ class _Validator:
             approval_timeout_s=approval_timeout_s,
             source=source,
             warnings=tuple(self.warnings),
+            shadow=self.shadow_all,
         )
 
     def hide(self, value: Any) -> tuple[str, ...]:
@@ -370,11 +406,12 @@ class _Validator:
                 out.append(item)
         return tuple(out)
 
-    def tool(self, name: str, body: Any) -> ToolRule | None:
+    def tool(self, name: str, body: Any, base_mode: str) -> ToolRule | None:
         path: Path = ("tools", name)
         t = self.table(path, body, TOOL_KEYS, f"list a tool with an empty table to allow it: [tools.{name}]")
         if t is None:
             return None
+        mode = self.mode(path, t, base_mode)
         action = reason = risk = None
         timeout = None
         if "action" in t:
@@ -387,9 +424,9 @@ class _Validator:
             timeout = self.duration(path + ("approval_timeout",), t["approval_timeout"])
             if action != "require_approval" and "action" in t and action is not None:
                 self.warn(path + ("approval_timeout",), f"approval_timeout of {name} is unused: its action is {action}", 'it applies to action = "require_approval"')
-        limits = self.limits(path + ("limits",), t["limits"], set(), tool=name) if "limits" in t else ()
-        deny_if = self.entries(path + ("deny_if",), t["deny_if"]) if "deny_if" in t else ()
-        require = self.entries(path + ("require",), t["require"]) if "require" in t else ()
+        limits = self.limits(path + ("limits",), t["limits"], set(), tool=name, mode=mode) if "limits" in t else ()
+        deny_if = self.entries(path + ("deny_if",), t["deny_if"], mode) if "deny_if" in t else ()
+        require = self.entries(path + ("require",), t["require"], mode) if "require" in t else ()
         return ToolRule(
             name=name,
             action=action,
@@ -399,15 +436,17 @@ class _Validator:
             limits=limits,
             deny_if=deny_if,
             require=require,
+            mode=mode,
         )
 
-    def limits(self, path: Path, value: Any, seen: set[str], tool: str | None = None) -> tuple[Limit, ...]:
+    def limits(self, path: Path, value: Any, seen: set[str], tool: str | None = None,
+               mode: str = "enforce") -> tuple[Limit, ...]:
         if not isinstance(value, list):
             self.err(path, f"{dotted(path)} must be a list of limits, not {_kind(value)}", f"use [[{dotted(path)}]] tables")
             return ()
         out: list[Limit] = []
         for i, item in enumerate(value):
-            lim = self.limit(path + (i,), item)
+            lim = self.limit(path + (i,), item, mode)
             if lim is None:
                 continue
             p = path + (i,)
@@ -422,6 +461,15 @@ class _Validator:
             first = self.counters.get(lim.counter)
             if first is None:
                 self.counters[lim.counter] = lim
+            elif first.mode != lim.mode:
+                enf, sh = (first, lim) if lim.shadow else (lim, first)
+                self.err(
+                    p + ("counter",),
+                    f'counter "{lim.counter}" is enforced by {enf.path} and shadowed by {sh.path}',
+                    "shadow limits count in counters of their own, so that neither uses up the other's budget: "
+                    "give the shadow limit its own counter name",
+                )
+                continue
             elif (first.window, first.max, first.scope) != (lim.window, lim.max, lim.scope):
                 self.err(
                     p + ("counter",),
@@ -432,10 +480,11 @@ class _Validator:
             out.append(lim)
         return tuple(out)
 
-    def limit(self, path: Path, value: Any) -> Limit | None:
+    def limit(self, path: Path, value: Any, inherited: str = "enforce") -> Limit | None:
         t = self.table(path, value, LIMIT_KEYS, 'a limit is {counter = "name", window = "minute", max = 30, scope = "grant"}')
         if t is None:
             return None
+        mode = self.mode(path, t, inherited)
         ok = True
         for key in ("counter", "window", "max"):
             if key not in t:
@@ -457,9 +506,10 @@ class _Validator:
                 mx = int(mx)
         if not ok or counter is None or window is None or scope is None or mx is None:
             return None
-        return Limit(counter=counter, window=window, window_s=float(WINDOWS[window]), max=mx, scope=scope, path=dotted(path))
+        return Limit(counter=counter, window=window, window_s=float(WINDOWS[window]), max=mx, scope=scope,
+                     path=dotted(path), mode=mode)
 
-    def entries(self, path: Path, value: Any) -> tuple[ConditionEntry, ...]:
+    def entries(self, path: Path, value: Any, inherited: str = "enforce") -> tuple[ConditionEntry, ...]:
         kind = path[-1]
         if not isinstance(value, list):
             self.err(path, f"{dotted(path)} must be a list of entries, not {_kind(value)}", f"use [[{dotted(path)}]] tables with conditions = [...]")
@@ -470,6 +520,7 @@ class _Validator:
             t = self.table(p, item, ENTRY_KEYS, f'a {kind} entry is {{conditions = [{{path = "args.x", op = "eq", value = 1}}], on_deny = "..."}}')
             if t is None:
                 continue
+            mode = self.mode(p, t, inherited)
             on_deny = self.string(p + ("on_deny",), t["on_deny"]) if "on_deny" in t else None
             if "conditions" not in t:
                 self.err(p, f'{dotted(p)} is missing "conditions"', 'conditions = [{path = "args.x", op = "exists"}]')
@@ -480,7 +531,7 @@ class _Validator:
                 continue
             built = [self.condition(p + ("conditions", j), c) for j, c in enumerate(conds)]
             if all(c is not None for c in built):
-                out.append(ConditionEntry(conditions=tuple(built), on_deny=on_deny, path=dotted(p)))  # type: ignore[arg-type]
+                out.append(ConditionEntry(conditions=tuple(built), on_deny=on_deny, path=dotted(p), mode=mode))  # type: ignore[arg-type]
         return tuple(out)
 
     def condition(self, path: Path, value: Any) -> Condition | None:
