@@ -23,6 +23,10 @@ request_read_timeout = "10s"      # a connection must send a whole request withi
 theme = "mcpguard-dark"
 max_rows = 2000
 
+[telemetry]                       # OpenTelemetry, off when the section and OTEL_EXPORTER_OTLP_* are absent
+otlp_endpoint = "http://127.0.0.1:4318"  # OTLP/HTTP collector: /v1/traces and /v1/metrics are appended
+service_name = "mcpguard"         # the resource's service.name (default: OTEL_SERVICE_NAME, else mcpguard)
+
 [servers.mlflow]                  # stdio upstream
 policy = "sample_policies/mlflow.toml"
 command = "mlflow-mcp"
@@ -64,6 +68,12 @@ Rules:
   else 1000 for a shared server and 16 for a `per_session` one (each of
   those is an upstream process). `session_idle_timeout` closes sessions
   that sent nothing for that long (default 10 minutes).
+- Telemetry (`mcpguard.telemetry`) is on when `[telemetry] otlp_endpoint`
+  is set, or, with no endpoint there, when the environment has
+  `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+  `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` (the OpenTelemetry SDK's standard
+  variables, which then also say where to and how); `OTEL_SDK_DISABLED=true`
+  turns it off in every case (OpenTelemetry SDK environment variables).
 - Unknown keys are errors. Every problem is reported at once in a
   `ConfigError`, each as `file:line: key: message`.
 """
@@ -189,6 +199,36 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """`[telemetry]`: OpenTelemetry traces and metrics over OTLP/HTTP (`mcpguard.telemetry`).
+
+    `otlp_endpoint`: the collector's base URL (`http://127.0.0.1:4318`;
+    `/v1/traces` and `/v1/metrics` are appended, as for
+    `OTEL_EXPORTER_OTLP_ENDPOINT`), or None: the exporters read the `OTEL_*`
+    variables. `service_name`: the resource's `service.name`, or None
+    (`OTEL_SERVICE_NAME`, else `mcpguard`). `enabled`: decided at load time
+    from the section and the environment (see the module docstring's rules).
+    """
+
+    otlp_endpoint: str | None = None
+    service_name: str | None = None
+    enabled: bool = False
+
+
+#: the OpenTelemetry SDK's variables that name an OTLP destination: any of them turns telemetry on
+OTEL_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                      "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+
+
+def telemetry_enabled(otlp_endpoint: str | None, environ: Mapping[str, str]) -> bool:
+    """Whether telemetry runs: `OTEL_SDK_DISABLED=true` says no; else an `otlp_endpoint` or one of
+    `OTEL_ENDPOINT_VARS` in `environ` says yes (OpenTelemetry SDK environment variables)."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    return bool(otlp_endpoint) or any(environ.get(var, "").strip() for var in OTEL_ENDPOINT_VARS)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """`[servers.NAME]`: one upstream MCP server.
 
@@ -255,6 +295,7 @@ class Config:
     console: ConsoleConfig
     servers: dict[str, ServerConfig]
     grants: dict[str, GrantConfig]
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @property
     def base_dir(self) -> Path:
@@ -333,6 +374,7 @@ _GATEWAY_KEYS = ("host", "port", "url_file", "control_file", "control_token_env"
                  "headless_approvals", "call_timeout", "allowed_origins", "max_sessions", "session_idle_timeout",
                  "request_read_timeout", "approve_for_session_ttl")
 _CONSOLE_KEYS = ("theme", "max_rows")
+_TELEMETRY_KEYS = ("otlp_endpoint", "service_name")
 _STDIO_KEYS = ("command", "args", "env", "cwd", "stderr_log")
 _HTTP_KEYS = ("url", "headers")
 _SERVER_KEYS = ("name", "policy", "call_timeout", "upstream_sessions", "max_sessions", "session_idle_timeout",
@@ -484,9 +526,10 @@ class _Builder:
     def build(self, data: Any, path: Path | None) -> Config:
         if not isinstance(data, Mapping):
             raise ConfigError([ConfigIssue(self.file, 0, "", "the config must be a table")])
-        self.unknown(data, (), ("gateway", "console", "servers", "grants"))
+        self.unknown(data, (), ("gateway", "console", "servers", "grants", "telemetry"))
         gateway = self.gateway(self.table(data.get("gateway", _MISSING), ("gateway",)) or {})
         console = self.console(self.table(data.get("console", _MISSING), ("console",)) or {})
+        telemetry = self.telemetry(self.table(data.get("telemetry", _MISSING), ("telemetry",)) or {})
         servers: dict[str, ServerConfig] = {}
         for name, entry in (self.table(data.get("servers", _MISSING), ("servers",)) or {}).items():
             server = self.server(str(name), entry, gateway)
@@ -500,7 +543,8 @@ class _Builder:
         self.duplicate_tokens(grants)
         if self.issues:
             raise ConfigError(self.issues)
-        return Config(path=path, gateway=gateway, console=console, servers=servers, grants=grants)
+        return Config(path=path, gateway=gateway, console=console, servers=servers, grants=grants,
+                      telemetry=telemetry)
 
     def gateway(self, t: dict[str, Any]) -> GatewayConfig:
         P = ("gateway",)
@@ -557,6 +601,19 @@ class _Builder:
             self.err((*P, "max_rows"), f"must be a whole number of rows, 1 or more, not {rows!r}")
             rows = 2000
         return ConsoleConfig(theme=self.string(t, P, "theme", "mcpguard-dark"), max_rows=rows)
+
+    def telemetry(self, t: dict[str, Any]) -> TelemetryConfig:
+        P = ("telemetry",)
+        self.unknown(t, P, _TELEMETRY_KEYS)
+        endpoint = self.string(t, P, "otlp_endpoint")
+        if endpoint is not None:
+            parts = urlsplit(endpoint)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                self.err((*P, "otlp_endpoint"), f"{endpoint!r} is not an http:// or https:// URL "
+                                                 "(an OTLP/HTTP collector, e.g. 'http://127.0.0.1:4318')")
+                endpoint = None
+        return TelemetryConfig(otlp_endpoint=endpoint, service_name=self.string(t, P, "service_name"),
+                               enabled=telemetry_enabled(endpoint, self.environ))
 
     def server(self, name: str, entry: Any, gateway: GatewayConfig) -> ServerConfig | None:
         P = ("servers", name)

@@ -86,6 +86,14 @@ async def serve(config: Any, *, out: Any = None, interactive: bool = False, pare
         print(f"mcpguard serve: {exc}", file=sys.stderr)
         await gw.stop()
         return 1
+    except RuntimeError as exc:
+        from mcpguard.telemetry import TelemetryUnavailable
+
+        if not isinstance(exc, TelemetryUnavailable):
+            raise
+        print(f"mcpguard serve: {exc}", file=sys.stderr)  # an install to make, said plainly
+        await gw.stop()
+        return 1
     print(f"mcpguard {getattr(sys.modules.get('mcpguard'), '__version__', '')} serving on {gw.base_url}", file=out)
     for name, h in gw.servers.items():
         policy = str(h.policy_path) if h.policy is not None else "NO POLICY: every call is denied"
@@ -96,6 +104,10 @@ async def serve(config: Any, *, out: Any = None, interactive: bool = False, pare
         print(f"  grants: {', '.join(gw.grants)} (Authorization: Bearer <token>)", file=out)
     else:
         print("  no grants: loopback clients only, as grant 'local'", file=out)
+    tel = config.telemetry
+    if tel.enabled:
+        where = tel.otlp_endpoint or "the OTEL_EXPORTER_OTLP_* endpoint"
+        print(f"  telemetry: OpenTelemetry traces and metrics over OTLP/HTTP to {where}", file=out)
     if not interactive:
         print(f"  approvals: {gw.headless_approvals} while no console is attached "
               f"(mcpguard console --attach); Ctrl-C stops", file=out)

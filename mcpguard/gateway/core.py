@@ -60,7 +60,11 @@ class Gateway:
     `gateway.url_file`; `await stop()` denies pending approvals, closes
     sessions and stops upstream processes. Neither raises for a failing
     upstream: its `ServerHandle.state` says `restarting`/`down`. `start()`
-    raises `OSError` when the listen address cannot be bound.
+    raises `OSError` when the listen address cannot be bound, and
+    `mcpguard.telemetry.TelemetryUnavailable` when `[telemetry]` is on but
+    the OpenTelemetry SDK is not installed. With telemetry on
+    (`config.telemetry.enabled`), `telemetry` is the running
+    `mcpguard.telemetry.Telemetry` (spans, metrics; flushed by `stop()`).
 
     `servers[name]` is the `ServerHandle`; `pools[name]` its `UpstreamPool`;
     `pipelines[name]` its `CallPipeline`; `files` the `PolicyFiles` every
@@ -81,6 +85,7 @@ class Gateway:
         self.headless_approvals = gw.headless_approvals
         self.grants = dict(config.grants)
         self.audit: Any = None
+        self.telemetry: Any = None  # a mcpguard.telemetry.Telemetry while running, when [telemetry] is on
         self.servers: dict[str, ServerHandle] = {}
         self.pools: dict[str, UpstreamPool] = {}
         self.pipelines: dict[str, CallPipeline] = {}
@@ -97,7 +102,8 @@ class Gateway:
             pipeline = CallPipeline(h, self.approvals, self.bus, interactive=self._someone_answers,
                                     headless_approvals=gw.headless_approvals)
             self.servers[name], self.pools[name], self.pipelines[name] = h, pool, pipeline
-            self.endpoints[name] = Endpoint(h, pool, pipeline, self.bus, security)
+            self.endpoints[name] = Endpoint(h, pool, pipeline, self.bus, security,
+                                            telemetry=config.telemetry.enabled)
         import secrets
 
         from mcpguard.control import LocalControl
@@ -164,6 +170,11 @@ class Gateway:
         if self._started:
             return
         self._started = True
+        if self.config.telemetry.enabled:
+            from mcpguard.telemetry import Telemetry  # imported only when on: no cost when off
+
+            self.telemetry = Telemetry(self.config.telemetry, self.bus)
+            self.telemetry.start()  # TelemetryUnavailable when the SDK is not installed
         gw = self.config.gateway
         if gw.audit_log:
             from mcpguard.audit import AuditLog
@@ -218,6 +229,10 @@ class Gateway:
         await asyncio.gather(*(pool.close() for pool in self.pools.values()), return_exceptions=True)
         for h in self.servers.values():
             h.set_state("down", "stopped")
+        if self.telemetry is not None:
+            # exports what is buffered: blocking HTTP for up to the exporter's timeout, so off the loop
+            await asyncio.to_thread(self.telemetry.shutdown)
+            self.telemetry = None
         if self._detach_audit is not None:
             self._detach_audit()
             self._detach_audit = None
