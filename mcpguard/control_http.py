@@ -6,7 +6,7 @@ serves at `/control` on its own listen address (127.0.0.1 by default):
 | request | answer |
 | --- | --- |
 | `GET /control/snapshot` | the `Snapshot` as JSON |
-| `GET /control/events` | `text/event-stream`: every gateway event as one SSE `message` whose data is `{"type": "<EventClass>", ...fields}`; a comment line every 15 s keeps it alive |
+| `GET /control/events` | `text/event-stream`: every gateway event as one SSE `message` whose data is `{"type": "<EventClass>", ...fields}` and whose `id` is `<boot>-<n>`; a comment line every 15 s keeps it alive |
 | `POST /control/<command>` | a JSON body of the command's arguments (`approve`, `deny`, `policy_text`, `save_policy`, `tune`, `undo`, `accept_tool_change`, `revoke`, `end_session`); the answer is a `CommandResult` (200), or `{"error": {"code", "message"}}` with 400 (bad request), 401 (no or wrong token), 404 (not found), 409 (answered, changed, invalid) |
 
 Every request needs `Authorization: Bearer <control token>`, from loopback
@@ -15,11 +15,21 @@ own calls. The token is compared in constant time and never logged; the
 gateway writes it, with the URL, to its control file (mode 0600) so a
 console started by the same user finds both.
 
+The gateway keeps its recent events (`EventLog`: the last `REPLAY_EVENTS`,
+at most `REPLAY_BYTES` of arguments and results), so a front end misses
+nothing: a new event stream starts with them (a console opened after the
+agent's first calls still shows them), and one that sends the SSE
+`Last-Event-ID` it last saw gets only what came after (a reconnect loses no
+call and no approval). An id of another boot of the gateway (it restarted)
+counts as none; when the events after the id are gone from the log, an
+`EventsDropped` with their count comes first.
+
 Client side, `RemoteControl(url, token)` is a `Control` over that HTTP
 (httpx2, the SDK's HTTP client). Its event stream reconnects by itself
-(backoff up to 5 s) and tells the front end with `ControlLink` events
-(`disconnected` with why, `connected`), so a console keeps what it saw while
-the gateway is away and takes a new snapshot when it is back.
+(backoff up to 5 s, sending `Last-Event-ID`) and tells the front end with
+`ControlLink` events (`disconnected` with why, `connected`), so a console
+keeps what it saw while the gateway is away and takes a new snapshot when it
+is back.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import json
 import logging
 import os
 import stat
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +55,10 @@ from mcpguard.control import CommandResult, Control, ControlError, EventStream, 
 log = logging.getLogger(__name__)
 
 PING_S = 15.0
+#: events the gateway keeps for front ends that attach late or reconnect
+REPLAY_EVENTS = 5000
+#: and at most this many bytes of their arguments and results (approximate)
+REPLAY_BYTES = 16 * 1024 * 1024
 COMMANDS = ("approve", "deny", "policy_text", "save_policy", "tune", "undo", "accept_tool_change", "revoke",
             "end_session")
 _STATUS = {"bad_request": 400, "unauthorized": 401, "not_found": 404, "answered": 409, "changed": 409,
@@ -88,6 +103,71 @@ def event_from_json(data: Mapping[str, Any]) -> ev.Event | None:
 
 
 # -- the server ------------------------------------------------------------------------------------------------
+
+
+def _weight(event: ev.Event) -> int:
+    """Roughly how many bytes an event holds (its arguments and result dominate)."""
+    n = 256 + int(getattr(event, "result_size", 0) or 0)
+    args = getattr(event, "arguments", None)
+    if args:
+        try:
+            n += len(json.dumps(args, default=str))
+        except (TypeError, ValueError):
+            n += 1024
+    return n
+
+
+class EventLog:
+    """The gateway's recent events, numbered 1, 2, ... in publish order, for the control event stream.
+
+    Listens to `bus` from creation until `close()`. Keeps at most
+    `max_events` events and about `max_bytes` of their content (oldest
+    dropped first). `boot` tells this gateway process's numbers from
+    another's. `after(n)` returns `(missed, [(seq, event), ...])`: the
+    events after number `n` still kept, and how many after `n` are gone.
+    `wait(n)` returns once an event after `n` exists.
+    """
+
+    def __init__(self, bus: ev.EventBus, *, max_events: int = REPLAY_EVENTS, max_bytes: int = REPLAY_BYTES) -> None:
+        import secrets
+
+        self.boot = secrets.token_hex(4)
+        self.seq = 0
+        self._items: deque[tuple[int, ev.Event, int]] = deque()
+        self._bytes = 0
+        self._max_events, self._max_bytes = max_events, max_bytes
+        self._changed: asyncio.Event | None = None
+        self._detach = bus.add_listener(self._on_event)
+
+    def _on_event(self, event: ev.Event) -> None:
+        self.seq += 1
+        w = _weight(event)
+        self._items.append((self.seq, event, w))
+        self._bytes += w
+        while self._items and (len(self._items) > self._max_events or self._bytes > self._max_bytes):
+            self._bytes -= self._items.popleft()[2]
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def after(self, n: int) -> tuple[int, list[tuple[int, ev.Event]]]:
+        first = self._items[0][0] if self._items else self.seq + 1
+        missed = max(0, first - n - 1)
+        return missed, [(seq, e) for seq, e, _ in self._items if seq > n]
+
+    async def wait(self, n: int) -> None:
+        while self.seq <= n:
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            await self._changed.wait()
+
+    def parse_id(self, last_event_id: str | None) -> int:
+        """The number in a `Last-Event-ID` of this boot, else 0 (from the start of the log)."""
+        boot, _, n = (last_event_id or "").strip().partition("-")
+        return int(n) if boot == self.boot and n.isdigit() and int(n) <= self.seq else 0
+
+    def close(self) -> None:
+        self._detach()
 
 
 class _Args(BaseModel):
@@ -157,9 +237,12 @@ _ARGS: dict[str, type[_Args]] = {"approve": ApproveArgs, "deny": DenyArgs, "poli
                                  "accept_tool_change": ToolArgs, "revoke": RevokeArgs, "end_session": SessionArgs}
 
 
-def control_app(control: Control, token: str, *, on_attach: Callable[[int], None] | None = None) -> Any:
+def control_app(control: Control, token: str, *, recent: EventLog | None = None,
+                on_attach: Callable[[int], None] | None = None) -> Any:
     """The Starlette app of the control endpoint (see the module docstring) for `control`, guarded by `token`.
 
+    `recent`: the gateway's `EventLog`, which the event stream replays and
+    follows (None: a live subscription only, nothing replayed).
     `on_attach(delta)` is told +1 when a front end opens the event stream and
     -1 when it closes it (the gateway counts attached consoles).
     """
@@ -191,6 +274,9 @@ def control_app(control: Control, token: str, *, on_attach: Callable[[int], None
     async def events(request: Request) -> Response:
         if not authorized(request):
             return refused()
+        if recent is not None:
+            return EventSourceResponse(replayed(recent, recent.parse_id(request.headers.get("last-event-id"))),
+                                       ping=PING_S)
         stream = control.subscribe()
 
         async def messages() -> AsyncIterator[dict[str, str]]:
@@ -206,6 +292,23 @@ def control_app(control: Control, token: str, *, on_attach: Callable[[int], None
                     on_attach(-1)
 
         return EventSourceResponse(messages(), ping=PING_S)
+
+    async def replayed(log: EventLog, cursor: int) -> AsyncIterator[dict[str, str]]:
+        if on_attach is not None:
+            on_attach(1)
+        try:
+            while True:
+                missed, items = log.after(cursor)
+                if missed:
+                    yield {"event": "message", "data": json.dumps(event_to_json(ev.EventsDropped(count=missed)))}
+                for seq, event in items:
+                    yield {"id": f"{log.boot}-{seq}", "event": "message",
+                           "data": json.dumps(event_to_json(event), default=str)}
+                    cursor = seq
+                await log.wait(cursor)
+        finally:
+            if on_attach is not None:
+                on_attach(-1)
 
     async def command(request: Request) -> Response:
         if not authorized(request):
@@ -311,6 +414,7 @@ class RemoteControl(Control):
         self._headers = {"authorization": f"Bearer {token}"}
         self._http = httpx2.AsyncClient(timeout=httpx2.Timeout(timeout_s), headers=self._headers)
         self.connected = False
+        self._last_event_id: str | None = None  # the SSE id last seen: a reconnect asks for what came after
 
     def set_url(self, url: str) -> None:
         """Where the gateway is: its base URL (`http://HOST:PORT`) or its `/control` URL."""
@@ -356,7 +460,8 @@ class RemoteControl(Control):
         said_down = False
         while True:
             try:
-                async with self._http.stream("GET", f"{self.url}/control/events",
+                headers = {"last-event-id": self._last_event_id} if self._last_event_id else {}
+                async with self._http.stream("GET", f"{self.url}/control/events", headers=headers,
                                              timeout=httpx2.Timeout(30, read=PING_S * 3)) as r:
                     if r.status_code != 200:
                         body = (await r.aread()).decode("utf-8", "replace")
@@ -367,6 +472,8 @@ class RemoteControl(Control):
                     async for sse in httpx2.EventSource(r):
                         if sse.event != "message" or not sse.data:
                             continue
+                        if sse.id:
+                            self._last_event_id = sse.id
                         try:
                             event = event_from_json(json.loads(sse.data))
                         except ValueError:

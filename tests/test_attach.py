@@ -179,3 +179,54 @@ async def test_a_wrong_or_missing_control_token_is_refused(tmp_path: Path) -> No
             assert r.status_code == 200 and r.json()["servers"][0]["name"] == "ev"
     assert "the-right-token" not in (tmp_path / "serve.log").read_text()
     assert "the-right-token" not in (tmp_path / "audit.jsonl").read_text()
+
+
+async def test_a_console_attached_after_the_agent_started_still_shows_its_first_calls(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = _config(tmp_path, port)
+    with serving(cfg):
+        async with client(f"http://127.0.0.1:{port}/mcp/ev") as agent:
+            await agent.call_tool("count_items", {"items": [{"name": "early"}]})
+            await agent.call_tool("delete_thing", {"id": "x"})
+        one = _console(cfg, "console:late")
+        async with one.run_test(size=SIZE) as p1:
+            await until(p1, lambda: one.started and len(one.model.calls) == 2, "the earlier calls in the table")
+            assert [r.tool for r in one.model.calls.values()] == ["count_items", "delete_thing"]
+            assert all(r.done for r in one.model.calls.values())
+
+
+async def _read_events(http: httpx2.AsyncClient, base: str, token: str, *, until_type: str,
+                       last_id: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(id, event) pairs from the control event stream up to the first event of `until_type` (bounded: 20 s)."""
+    got: list[tuple[str, dict[str, Any]]] = []
+    headers = {"authorization": f"Bearer {token}", **({"last-event-id": last_id} if last_id else {})}
+
+    async def read() -> None:
+        async with http.stream("GET", f"{base}/control/events", headers=headers) as r:
+            assert r.status_code == 200
+            async for sse in httpx2.EventSource(r):
+                if sse.event == "message" and sse.data:
+                    got.append((sse.id, sse.json()))
+                    if got[-1][1]["type"] == until_type:
+                        return
+
+    await asyncio.wait_for(read(), 20)
+    return got
+
+
+async def test_the_event_stream_resumes_after_the_last_event_id_a_front_end_saw(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = _config(tmp_path, port)
+    with serving(cfg):
+        base, token = read_control_file(tmp_path / "control.json")
+        async with httpx2.AsyncClient(timeout=30) as http, client(f"http://127.0.0.1:{port}/mcp/ev") as agent:
+            await agent.call_tool("count_items", {"items": []})
+            first = await _read_events(http, base, token, until_type="CallCompleted")
+            assert first[0][0].endswith("-1") and [e["tool"] for _, e in first if e["type"] == "CallReceived"] \
+                == ["count_items"]
+            await agent.call_tool("delete_thing", {"id": "while away"})  # the front end is away
+            again = await _read_events(http, base, token, until_type="CallCompleted", last_id=first[-1][0])
+            assert again[0][1]["type"] == "CallReceived" and again[0][1]["tool"] == "delete_thing"
+            assert not {i for i, _ in again} & {i for i, _ in first}  # nothing twice
+            other_boot = await _read_events(http, base, token, until_type="CallCompleted", last_id="0000-3")
+            assert other_boot[0][0].endswith("-1")  # an id of another gateway run: from the start

@@ -107,13 +107,15 @@ class Gateway:
         import secrets
 
         from mcpguard.control import LocalControl
-        from mcpguard.control_http import control_app
+        from mcpguard.control_http import EventLog, control_app
 
         self.control = LocalControl(self)
+        self.event_log = EventLog(self.bus)  # what a console attaching later, or reconnecting, replays
         self.control_token = gw.control_token or secrets.token_urlsafe(32)
         app: Any = GatewayApp(self.endpoints)
         app = with_grants(app, self.grants) if self.grants else LoopbackOnly(app)
-        app = ControlFront(app, control_app(self.control, self.control_token, on_attach=self._attach))
+        app = ControlFront(app, control_app(self.control, self.control_token, recent=self.event_log,
+                                           on_attach=self._attach))
         self._http = HttpServer(app, self.host, self.port, read_timeout_s=gw.request_read_timeout_s)
         from mcpguard.reload import PolicyFiles
 
