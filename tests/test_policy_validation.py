@@ -333,3 +333,14 @@ def test_json_v1_with_every_policylayer_field_loads_unchanged():
     assert rule.require[0].on_deny == "Give a reason."
     assert rule.deny_if[0].conditions[0].value == 10000
     assert [lim.path for lim in policy.limits_for("create_charge")] == ["tools.create_charge.limits[0]", "all_tools.limits[0]"]
+
+
+def test_a_string_left_open_says_unterminated_at_its_line_not_control_characters():
+    text = 'version = "1"\ndefault = "deny"\n\n[tools.delete_run]\naction = "deny"\nreason = "Runs are records\n'
+    with pytest.raises(PolicyError) as err:
+        parse_policy(text, "toml", "p.toml")
+    (issue,) = err.value.issues
+    assert issue.line == 6 and "unterminated string" in issue.message and "Control characters" not in issue.message
+    with pytest.raises(PolicyError) as err:
+        parse_policy('version = "1\x01"\n', "toml", "p.toml")
+    assert "U+0001" in err.value.issues[0].message

@@ -173,6 +173,20 @@ def _unreadable(name: str, exc: OSError) -> PolicyError:
     return PolicyError([PolicyIssue(name, 1, 1, f"cannot read policy: {reason}", hint)])
 
 
+def _toml_syntax_message(text: str, exc: ParseError) -> str:
+    """tomlkit's message, except where it misleads: a string left open at the end of its line is
+    reported as a control character ("use \\u000a instead"); say what a person must fix."""
+    msg = _TOMLKIT_SUFFIX.sub("", str(exc))
+    if msg.startswith("Control characters"):
+        lines = text.split("\n")
+        line = lines[exc.line - 1] if 0 < exc.line <= len(lines) else ""
+        ch = line[exc.col] if 0 <= exc.col < len(line) else "\n"
+        if ch in "\r\n":
+            return "unterminated string: the closing quote is missing before the end of this line"
+        return f"a control character (U+{ord(ch):04X}) inside a string: write it as \\u{ord(ch):04x}"
+    return msg
+
+
 def parse_policy(text: str, fmt: str = "toml", path: str = "policy") -> Policy:
     """Parse and validate a policy document's `text`.
 
@@ -187,7 +201,7 @@ def parse_policy(text: str, fmt: str = "toml", path: str = "policy") -> Policy:
         try:
             document: Any = tomlkit.parse(text)
         except ParseError as exc:
-            msg = _TOMLKIT_SUFFIX.sub("", str(exc))
+            msg = _toml_syntax_message(text, exc)
             raise PolicyError(
                 [PolicyIssue(path, max(exc.line, 1), exc.col + 1, f"TOML syntax error: {msg}", "see https://toml.io")]
             ) from None
