@@ -408,7 +408,7 @@ class AuditLog:
                 "action": event.action, "rule": event.rule, "message": event.message,
                 "retry_after_s": event.retry_after_s, "risk": event.risk, "would": event.would,
                 "would_code": event.would_code, "would_rule": event.would_rule, "would_message": event.would_message,
-                "would_retry_after_s": event.would_retry_after_s,
+                "would_retry_after_s": event.would_retry_after_s, "approver": event.approver,
             })
         elif isinstance(event, ApprovalRequested):
             self._calls.setdefault(event.call_id, {})["digest"] = event.digest

@@ -57,6 +57,8 @@ class CallDecided(Event):
     `would_require_approval`), `would_code` (the code the call would have got),
     `would_rule` (the shadow rule's path), `would_message` (what the agent
     would have read), `would_retry_after_s` (seconds, for `would_rate_limit`).
+    `approver`: for `require_approval`, who approved this tool for the
+    session when such an approval lets the call through without asking.
     """
 
     call_id: str
@@ -73,6 +75,7 @@ class CallDecided(Event):
     would_rule: str | None = None
     would_message: str | None = None
     would_retry_after_s: float | None = None
+    approver: str | None = None  # require_approval let through by a session approval: who gave it
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,8 @@ class CallRecord:
     duration_ms: float | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
+    forwarded_arguments: dict[str, Any] | None = None  # what went upstream when a person edited them
+    deny_reason: str | None = None                     # a person's reason for a denial
 
     @property
     def decision_label(self) -> str:
@@ -64,8 +66,8 @@ class CallRecord:
         if self.approval_outcome == "policy_changed":  # the policy changed while it waited
             return "policy ✓" if self.approval_approved else "policy ✗"
         if self.approval_outcome:
-            return {"approved": "approved", "denied": "denied", "timed_out": "timed out"}.get(
-                self.approval_outcome, self.approval_outcome)
+            return {"approved": "approved", "denied": "denied", "timed_out": "timed out",
+                    "session": "session ✓"}.get(self.approval_outcome, self.approval_outcome)
         if self.action is None:
             return "…"
         if self.action == "allow":
@@ -221,6 +223,8 @@ class CallLog:
                 rec.action, rec.code, rec.rule, rec.message = e.action, e.code, e.rule, e.message
                 rec.retry_after_s = e.retry_after_s
                 rec.risk = e.risk or rec.risk
+                if e.approver:  # let through by a session approval, no one asked
+                    rec.approval_outcome, rec.approved_by = "session", e.approver
                 changed.add(e.call_id)
             elif isinstance(e, ev.ApprovalRequested):
                 self.pending[e.approval_id] = e
@@ -241,6 +245,8 @@ class CallLog:
                     rec.approval_approved = e.approved
                     if e.reason and e.outcome == "policy_changed":
                         rec.message = e.reason
+                    elif e.reason and e.outcome == "denied":
+                        rec.deny_reason = e.reason
                     rec.approved_by = e.by
                     changed.add(e.call_id)
             elif isinstance(e, ev.CallCompleted):
@@ -252,6 +258,9 @@ class CallLog:
                 rec.pending = False
                 rec.done, rec.outcome, rec.is_error = True, e.outcome, e.is_error
                 rec.duration_ms, rec.result, rec.error = e.duration_ms, e.result, e.error
+                rec.approved_by = rec.approved_by or e.approver
+                if e.arguments is not None:  # a person changed them before approving
+                    rec.forwarded_arguments = e.arguments
                 if rec.denied:
                     self.denied_total += 1
                 changed.add(e.call_id)

@@ -116,13 +116,14 @@ class CallPipeline:
                                           client=call.client))
         risk = h.risk(call.tool)
         decision = self._evaluate(call, risk)
-        self._decided(call, decision)
-        if decision.action == "deny":
-            return self._refuse(call, Code(decision.code), decision.message, decision.rule, t0,
-                                retry_after_s=decision.retry_after_s)
         outcome, approver, edited = Code.ALLOWED, None, False
         if decision.action == "require_approval":
             approver = self.approvals.session_approver(call.session_id, h.name, call.tool)
+        self._decided(call, decision, approver)
+        if decision.action == "deny":
+            return self._refuse(call, Code(decision.code), decision.message, decision.rule, t0,
+                                retry_after_s=decision.retry_after_s)
+        if decision.action == "require_approval":
             if approver is None:
                 answer = await self._approval(call, decision, risk, t0, on_wait)
                 if isinstance(answer, dict):
@@ -247,13 +248,14 @@ class CallPipeline:
                                                                 "needs approval"))
 
     # -- outcomes -------------------------------------------------------------------
-    def _decided(self, call: Call, decision: Decision) -> None:
+    def _decided(self, call: Call, decision: Decision, approver: str | None = None) -> None:
         if not _listened(self.bus):
             return
         self.bus.publish(CallDecided(call_id=call.call_id, server=call.server, tool=call.tool,
                                      action=decision.action, code=decision.code, rule=decision.rule,
                                      message=decision.message, retry_after_s=decision.retry_after_s,
-                                     risk=getattr(decision.risk, "level", None), **decision.shadow_fields()))
+                                     risk=getattr(decision.risk, "level", None), approver=approver,
+                                     **decision.shadow_fields()))
 
     def _refuse(self, call: Call, code: Code, message: str, rule: str | None, t0: float, *,
                 retry_after_s: float | None = None, approver: str | None = None) -> dict[str, Any]:
