@@ -63,8 +63,12 @@ def text_of(widget: Any) -> str:
     """What a Static shows, as plain text (Rich renderables rendered 200 columns wide)."""
     from rich.console import Console
 
+    from textual.widgets import Static
+
     console = Console(width=200, record=True, file=io.StringIO(), color_system=None)
-    console.print(widget.content)
+    parts = [widget] if isinstance(widget, Static) else list(widget.query(Static))  # a container: its Statics
+    for part in parts:
+        console.print(part.content)
     return console.export_text()
 
 
@@ -329,8 +333,11 @@ async def test_the_table_keeps_the_newest_max_rows_even_when_evicted_calls_finis
                 await until(pilot, lambda n=i + 1: len(app.model.pending) == n, f"{i + 1} pending")
             await until(pilot, lambda: table.row_count == 3, "3 rows")
             assert shown() == [{"text": "t2"}, {"text": "t3"}, {"text": "t4"}]
-            for _ in range(5):
+            prompt = app.main.query_one("#approval")
+            for n in range(5, 0, -1):  # a person reads each call before answering it
+                await until(pilot, lambda: not prompt.settling(), "the prompt settled")
                 await pilot.press("a")
+                await until(pilot, lambda n=n: len(app.model.pending) == n - 1, f"{n - 1} pending")
             results = await asyncio.wait_for(asyncio.gather(*calls), 30)
             assert [r.is_error for r in results] == [False] * 5
             await until(pilot, lambda: all(app.model.calls[c].done for c in app.model.calls)

@@ -28,6 +28,7 @@ from textual.app import App, SystemCommand
 from textual.css.query import NoMatches
 from textual.screen import Screen
 
+from mcpguard.console.approving import DenyReasonScreen, EditArgumentsScreen
 from mcpguard.console.keymap import bindings, keys_for
 from mcpguard.console.model import CallLog
 from mcpguard.console.screens import (
@@ -87,6 +88,9 @@ class ConsoleApp(App[int]):
     - `connect_hint`: how an agent connects (text, or a function returning it once
       the gateway is up); shown before the first call and on the server's detail.
     - `by`: who this console's answers say they come from (audited).
+    - `bell`: ring the terminal's bell when an approval arrives, so a person in
+      another window notices; the terminal's title carries the pending count
+      either way.
     """
 
     CSS_PATH = "app.tcss"
@@ -108,8 +112,11 @@ class ConsoleApp(App[int]):
         connect_hint: str | Callable[[], str] | None = None,
         keymap: dict[str, str] | None = None,
         by: str | None = None,
+        bell: bool = True,
     ) -> None:
         super().__init__()
+        self.ring_bell = bell
+        self._title_shown: str | None = None
         self.control = control
         self.model = CallLog(max_rows)
         self.clock = clock
@@ -340,6 +347,8 @@ class ConsoleApp(App[int]):
             self.main.refresh_gauges()
         if kinds & {"ApprovalRequested", "ApprovalResolved"} or pending_before != len(log.pending):
             self.refresh_pending()
+            if len(log.pending) > pending_before and self.ring_bell:
+                self.bell()
         figures = (log.denied_total, len(log.pending), log.dropped_events, self._tree_sig, self.link)
         if figures != self._figures or kinds & {"PolicyReloaded", "PolicyRejected", "UpstreamState"}:
             self._figures = figures
@@ -369,8 +378,21 @@ class ConsoleApp(App[int]):
         if self.main is not None:
             self.main.refresh_pending()
         for screen in self.screen_stack:
-            if isinstance(screen, (EditorScreen, ApprovalQueueScreen)):
+            if isinstance(screen, (EditorScreen, ApprovalQueueScreen, DenyReasonScreen, EditArgumentsScreen)):
                 screen.refresh_pending()
+        self._set_terminal_title(len(self.model.pending))
+
+    def _set_terminal_title(self, pending: int) -> None:
+        title = f"mcpguard · {pending} pending" if pending else "mcpguard"
+        if title == self._title_shown:
+            return
+        self._title_shown = title
+        self.title = title
+        # Textual has no public call for the terminal's window title (App.title is the
+        # header's): write OSC 2 the way App.bell writes BEL, through the driver
+        driver = getattr(self, "_driver", None)
+        if driver is not None and not self.is_headless:
+            driver.write(f"\x1b]2;{title}\x07")
 
     def tick(self) -> None:
         """Once a second: countdowns, gauges, calls per minute."""
@@ -465,6 +487,37 @@ class ConsoleApp(App[int]):
             return ""
         return self.connect_hint() if callable(self.connect_hint) else self.connect_hint
 
+    def risk_source(self, server: str, tool: str) -> str:
+        """`write, from ToolAnnotations`: the tool's risk kind and what decided it, for the prompt."""
+        s = self.snap.server(server) if self.snap is not None else None
+        t = next((t for t in s.tools if t.name == tool), None) if s is not None else None
+        if t is None or not t.risk.kind:
+            return ""
+        source = {"policy": "the policy's risk", "annotations": "ToolAnnotations", "name": "the tool's name",
+                  "default": "no hints: assumed"}.get(t.risk.source, t.risk.source)
+        return f"{t.risk.kind}, from {source}" if source else t.risk.kind
+
+    def input_schema(self, server: str, tool: str) -> dict[str, Any] | None:
+        """The tool's `inputSchema` as its server listed it, or None."""
+        s = self.snap.server(server) if self.snap is not None else None
+        t = next((t for t in s.tools if t.name == tool), None) if s is not None else None
+        return t.input_schema if t is not None else None
+
+    def open_call(self, call_id: str) -> None:
+        """The full-screen view of one call (`enter` on a row)."""
+        from mcpguard.console.callview import CallScreen
+
+        rec = self.model.calls.get(call_id)
+        if rec is not None:
+            self.push_screen(CallScreen(rec))
+
+    def open_sessions(self) -> None:
+        """The sessions pane (`S`): agent sessions, their session approvals; revoke or end."""
+        from mcpguard.console.sessions import SessionsScreen
+
+        self._snapshot_soon()
+        self.push_screen(SessionsScreen())
+
     def tool_text(self, server: str, tool: str) -> Text:
         view = next((t for v in self.server_views() if v.name == server for t in v.tools if t.name == tool), None)
         return tool_detail_text(server, tool, view, self.policy_of(server))
@@ -511,6 +564,9 @@ class ConsoleApp(App[int]):
 
     def open_editor(self, server: str | None, tool: str | None = None) -> None:
         servers = self.snap.servers if self.snap is not None else []
+        if not self.started:
+            self.notify("the gateway is not up yet", severity="warning")
+            return
         if not servers:
             self.notify("no server configured", severity="warning")
             return

@@ -10,8 +10,13 @@ remap any key by id (`App.set_keymap({"approval.approve": "y"})`, or
 
 Contexts: `app` (everywhere), `main` (the main screen), `approval` (the
 approval queue, on the main screen and in the queue dialog), `tune` (edits of
-the policy on the selected tool in the tree or the selected counter gauge,
-issue 5), `editor` (the policy editor), `nav` (vim keys on lists and tables).
+the policy on the selected tool in the tree or the selected counter gauge),
+`editor` (the policy editor), `reason` and `editargs` (denying with a reason,
+editing a call's arguments before approving), `nav` (vim keys on lists and
+tables).
+
+`e` is two keys: with an approval pending (and the tree or gauges not in
+focus) it edits the call's arguments; otherwise it opens the policy editor.
 
 `+` needs shift on most keyboards, so `=` does the same; terminals do not
 report shift on `+`/`-`, so "by ten" is `>` / `<` (shift+. and shift+, on a
@@ -47,9 +52,14 @@ KEYS: tuple[Key, ...] = (
     Key("main", "escape", "clear_filter", "Clear filter", "main.clear_filter", show=False),
     Key("main", "F", "follow", "Follow", "main.follow"),
     Key("main", "e", "edit_policy", "Edit", "main.edit_policy"),
+    Key("main", "enter", "open_call", "Open call", "main.open_call", show=False, key_display="⏎"),
+    Key("main", "S", "sessions", "Sessions", "main.sessions"),
     Key("approval", "a", "approve", "Approve", "approval.approve"),
     Key("approval", "d", "deny", "Deny", "approval.deny"),
+    Key("approval", "D", "deny_reason", "Deny with reason", "approval.deny_reason", show=False),
+    Key("approval", "e", "edit_arguments", "Edit args", "approval.edit"),
     Key("approval", "A", "approve_session", "Session", "approval.approve_session"),
+    Key("approval", "z", "unfold", "Unfold long values", "approval.unfold", show=False),
     Key("approval", "right_square_bracket", "next_approval", "Next approval", "approval.next",
         show=False, key_display="]"),
     Key("approval", "left_square_bracket", "prev_approval", "Previous approval", "approval.prev",
@@ -66,6 +76,22 @@ KEYS: tuple[Key, ...] = (
     Key("editor", "escape", "close", "Back", "editor.close", priority=True),
     Key("editor", "ctrl+t", "open_approvals", "Approvals", "editor.approvals", priority=True, key_display="^t"),
     Key("queue", "escape", "close", "Close", "queue.close"),
+    Key("reason", "escape", "close", "Back", "reason.close", priority=True),
+    Key("callview", "slash", "search", "Search", "callview.search", key_display="/"),
+    Key("callview", "n", "next_match", "Next match", "callview.next", show=False),
+    Key("callview", "N", "prev_match", "Previous match", "callview.prev", show=False),
+    Key("callview", "y", "copy_arguments", "Copy args", "callview.copy_arguments"),
+    Key("callview", "Y", "copy_result", "Copy result", "callview.copy_result"),
+    Key("callview", "escape", "close", "Back", "callview.close", priority=True),
+    Key("sessions", "r", "revoke", "Revoke", "sessions.revoke"),
+    Key("sessions", "x", "end_session", "End session", "sessions.end"),
+    Key("sessions", "escape", "close", "Back", "sessions.close"),
+    Key("confirm", "y", "answer(True)", "Yes", "confirm.yes"),
+    Key("confirm", "n,escape", "answer(False)", "No", "confirm.no"),
+    Key("editargs", "ctrl+s", "save", "Approve with these", "editargs.save", priority=True, key_display="^s"),
+    Key("editargs", "ctrl+r", "original", "Agent's arguments", "editargs.original", priority=True,
+        key_display="^r"),
+    Key("editargs", "escape", "close", "Back", "editargs.close", priority=True),
     Key("nav", "j", "cursor_down", "Down", "nav.down", show=False),
     Key("nav", "k", "cursor_up", "Up", "nav.up", show=False),
     Key("nav", "g", "scroll_home", "First", "nav.first", show=False),
@@ -79,6 +105,11 @@ CONTEXT_TITLES = {
     "tune": "Tune the policy (selected tool or gauge)",
     "editor": "Policy editor",
     "queue": "Approval dialog",
+    "reason": "Deny with a reason",
+    "callview": "One call, full screen",
+    "sessions": "Agent sessions",
+    "confirm": "Confirm",
+    "editargs": "Edit the arguments, then approve",
     "nav": "Lists and tables",
 }
 

@@ -14,7 +14,7 @@ from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static, TextArea, Tree
 
-from mcpguard.console.approving import ApprovalPrompt
+from mcpguard.console.approving import ApprovalActions, ApprovalPrompt
 from mcpguard.console.keymap import CONTEXT_TITLES, KEYS, bindings
 from mcpguard.console.widgets import (
     STATE_WORD, CallTable, DetailPane, GaugePanel, ServerTree, StatusBar,
@@ -25,8 +25,13 @@ if TYPE_CHECKING:
     from mcpguard.console.app import ConsoleApp
 
 
-class MainScreen(Screen):
-    """Tree, live call table, detail, gauges, approval prompt and status bar."""
+class MainScreen(ApprovalActions, Screen):
+    """Tree, live call table, detail, gauges, approval prompt and status bar.
+
+    While approvals are pending the prompt takes the detail pane's place, so
+    the call a person reads is the call a key answers; choosing a pending row
+    in the table makes it the prompt's call.
+    """
 
     KEY_CONTEXTS = ("main", "approval", "tune")
     BINDINGS = bindings("approval", "main", "tune")
@@ -79,9 +84,26 @@ class MainScreen(Screen):
     def refresh_pending(self) -> None:
         prompt = self.query_one("#approval", ApprovalPrompt)
         pending = list(self.app.model.pending.values())
+        was = prompt.display
         prompt.display = bool(pending)
+        self.query_one("#detail", DetailPane).display = not pending
         prompt.show(pending, self.app.clock())
-        self.refresh_bindings()
+        if was != prompt.display:
+            self.refresh_bindings()
+            if not pending:  # back to the detail of the selected row
+                sel = self.query_one("#calls", CallTable).selected_call_id()
+                if sel is not None:
+                    self._show_call(sel)
+
+    def prompt(self) -> ApprovalPrompt:
+        return self.query_one("#approval", ApprovalPrompt)
+
+    def _stepped(self) -> None:
+        """`]`/`[`: the table's cursor goes to the prompt's call too."""
+        self.app.refresh_pending()
+        p = self.prompt().current(self._pending())
+        if p is not None:
+            self.query_one("#calls", CallTable).select_call(p.call_id)
 
     def refresh_status(self) -> None:
         self.query_one("#status", StatusBar).show(**self.app.status_fields())
@@ -104,8 +126,31 @@ class MainScreen(Screen):
 
     @on(DataTable.RowHighlighted, "#calls")
     def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key is None or not event.row_key.value:
+            return
+        self._show_call(event.row_key.value)
+        table = self.query_one("#calls", CallTable)
+        rec = self.app.model.calls.get(event.row_key.value)
+        # the person's choice, never the cursor following new rows: a call arriving must not
+        # take the prompt from under a key about to be pressed
+        if rec is not None and rec.pending and rec.approval_id and table.has_focus and not table.following:
+            prompt = self.prompt()
+            if prompt.current_id != rec.approval_id:
+                prompt.select(rec.approval_id)
+                self.app.refresh_pending()
+
+    @on(DataTable.RowSelected, "#calls")
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
         if event.row_key is not None and event.row_key.value:
-            self._show_call(event.row_key.value)
+            self.app.open_call(event.row_key.value)
+
+    def action_open_call(self) -> None:
+        sel = self.query_one("#calls", CallTable).selected_call_id()
+        if sel is not None:
+            self.app.open_call(sel)
+
+    def action_sessions(self) -> None:
+        self.app.open_sessions()
 
     @on(Tree.NodeHighlighted, "#tree")
     def _node_highlighted(self, event: Tree.NodeHighlighted) -> None:
@@ -217,9 +262,16 @@ class MainScreen(Screen):
         self.app.undo_edit()
 
     # -- approvals ----------------------------------------------------------------
+    APPROVAL_ACTIONS = ("approve", "deny", "deny_reason", "approve_session", "next_approval", "prev_approval",
+                        "unfold")
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("approve", "deny", "approve_session", "next_approval", "prev_approval"):
+        if action in self.APPROVAL_ACTIONS:
             return bool(self.app.model.pending)
+        if action in ("edit_arguments", "edit_policy"):  # one key: the call's arguments, else the policy
+            policy_focus = self.query_one("#tree", ServerTree).has_focus or self.query_one("#gauges", GaugePanel).has_focus
+            edits_arguments = bool(self.app.model.pending) and not policy_focus
+            return edits_arguments if action == "edit_arguments" else not edits_arguments
         if action in self.MAX_ACTIONS:
             return self._selected_counter() is not None or self._selected_tool() is not None
         if action in ("cycle_action", "toggle_hidden"):
@@ -227,29 +279,6 @@ class MainScreen(Screen):
         if action == "undo":
             return self.app.can_undo()
         return True
-
-    def _current_approval(self) -> str | None:
-        prompt = self.query_one("#approval", ApprovalPrompt)
-        return prompt.current_id
-
-    def action_approve(self) -> None:
-        self.app.answer(self._current_approval(), "approve")
-
-    def action_approve_session(self) -> None:
-        self.app.answer(self._current_approval(), "approve_session")
-
-    def action_deny(self) -> None:
-        self.app.answer(self._current_approval(), "deny")
-
-    def action_next_approval(self) -> None:
-        prompt = self.query_one("#approval", ApprovalPrompt)
-        prompt.step(list(self.app.model.pending.values()), +1)
-        self.refresh_pending()
-
-    def action_prev_approval(self) -> None:
-        prompt = self.query_one("#approval", ApprovalPrompt)
-        prompt.step(list(self.app.model.pending.values()), -1)
-        self.refresh_pending()
 
     # -- editor -----------------------------------------------------------------------
     def action_edit_policy(self) -> None:
@@ -261,7 +290,7 @@ class MainScreen(Screen):
         self.app.open_editor(server, tool)
 
 
-class ApprovalQueueScreen(ModalScreen[None]):
+class ApprovalQueueScreen(ApprovalActions, ModalScreen[None]):
     """The approval queue as a dialog, opened from the policy editor's banner.
 
     One dialog at a time: it shows the queue ("1 of 3") and closes itself
@@ -287,25 +316,8 @@ class ApprovalQueueScreen(ModalScreen[None]):
             return
         self.query_one("#queue-prompt", ApprovalPrompt).show(pending, self.app.clock())
 
-    def _current(self) -> str | None:
-        return self.query_one("#queue-prompt", ApprovalPrompt).current_id
-
-    def action_approve(self) -> None:
-        self.app.answer(self._current(), "approve")
-
-    def action_approve_session(self) -> None:
-        self.app.answer(self._current(), "approve_session")
-
-    def action_deny(self) -> None:
-        self.app.answer(self._current(), "deny")
-
-    def action_next_approval(self) -> None:
-        self.query_one("#queue-prompt", ApprovalPrompt).step(list(self.app.model.pending.values()), +1)
-        self.refresh_pending()
-
-    def action_prev_approval(self) -> None:
-        self.query_one("#queue-prompt", ApprovalPrompt).step(list(self.app.model.pending.values()), -1)
-        self.refresh_pending()
+    def prompt(self) -> ApprovalPrompt:
+        return self.query_one("#queue-prompt", ApprovalPrompt)
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -454,6 +454,16 @@ class CallTable(DataTable):
             self.scroll_y = max(0, self.scroll_y - above)
         self.refresh()
 
+    def select_call(self, call_id: str) -> bool:
+        """Put the cursor on `call_id`'s row and stop following (False: no such row in view)."""
+        try:
+            idx = self.get_row_index(call_id)
+        except Exception:  # filtered out or evicted
+            return False
+        self.stop_following()
+        self.move_cursor(row=idx, animate=False)
+        return True
+
     def selected_call_id(self) -> str | None:
         if not self.row_count:
             return None
@@ -596,7 +606,7 @@ class DetailPane(VerticalScroll):
         """Show `rec`; nothing is redrawn when it is the call shown and unchanged."""
         sig = (rec.call_id, rec.decision_label, rec.result_label, rec.code, rec.rule, rec.outcome,
                rec.message, rec.approved_by, rec.duration_ms, rec.risk, id(rec.result), rec.error,
-               id(rec.arguments), self.app.theme)
+               id(rec.arguments), id(rec.forwarded_arguments), rec.deny_reason, self.app.theme)
         if sig == self._showing:
             return
         self._showing = sig
@@ -619,16 +629,22 @@ class DetailPane(VerticalScroll):
             dec.append("  outcome ", style="dim")
             dec.append(rec.outcome)
         if rec.approved_by:
-            dec.append(f"  by {rec.approved_by}", style="dim")
+            how = "approved for this session by" if rec.approval_outcome == "session" else "by"
+            dec.append(f"  {how} {rec.approved_by}", style="dim")
         if rec.retry_after_s:
             dec.append(f"  retry after {rec.retry_after_s:.1f}s")
         if rec.duration_ms is not None:
             dec.append(f"  {rec.duration_ms:.0f} ms", style="dim")
         lines.append(dec)
-        if rec.message:
+        if rec.deny_reason:
+            lines.append(Text(f"reason given: {rec.deny_reason}", style="italic"))
+        elif rec.message:
             lines.append(Text(rec.message, style="italic"))
         lines.append(Text("arguments", style="bold underline"))
         lines.append(_json(rec.arguments))
+        if rec.forwarded_arguments is not None:
+            lines.append(Text("arguments sent upstream (edited by a person)", style="bold underline"))
+            lines.append(_json(rec.forwarded_arguments))
         if rec.error:
             lines.append(Text("error", style="bold underline"))
             lines.append(Text(rec.error, style=theme_color(self, "error")))
