@@ -17,7 +17,11 @@ What keeps the wait alive:
   which commits the response to SSE once a handler is silent that long and
   then writes `: ping`). The gateway adds nothing there.
 
-Slow (about 65 s each): marked e2e.
+After such a wait, the upstream's own progress for the same request is
+shifted past the gateway's, so the agent sees one increasing series (the
+spec: the progress value MUST increase with each notification).
+
+The minute-long tests (about 65 s each) are marked e2e.
 """
 
 from __future__ import annotations
@@ -39,9 +43,8 @@ from upstreams.harness import make_config, running, upstream
 
 from mcpguard.audit import read_audit
 from mcpguard.gateway import Gateway
+from mcpguard.gateway import pipeline
 from mcpguard.gateway.pipeline import KEEPALIVE_S
-
-pytestmark = pytest.mark.e2e
 
 WAIT_S = 60.0  # how long the person takes
 READ_TIMEOUT_S = 30.0  # how long each client waits for a byte (or, with progress, for the next progress)
@@ -124,6 +127,7 @@ def _left_s(message: str) -> int:
     return int(m.group(1) or 0) * 60 + int(m.group(2))
 
 
+@pytest.mark.e2e
 async def test_progress_keeps_a_30s_read_timeout_alive_through_a_60s_approval(tmp_path: Path, era: str) -> None:
     async with _gateway(era, tmp_path) as gw, \
             httpx2.AsyncClient(timeout=httpx2.Timeout(READ_TIMEOUT_S)) as http, \
@@ -147,7 +151,7 @@ async def test_progress_keeps_a_30s_read_timeout_alive_through_a_60s_approval(tm
     times = [t for t, _, _ in progress]
     gaps = [b - a for a, b in zip([0.0, *times], times)]
     assert all(KEEPALIVE_S - 1 <= g <= KEEPALIVE_S + 3 for g in gaps), gaps
-    assert [p for _, p, _ in progress] == [float(i) for i in range(1, len(progress) + 1)]
+    assert [p for _, p, _ in progress] == [float(i) for i in range(len(progress))]  # 0, 1, 2, ...
     left = [_left_s(m) for _, _, m in progress]
     assert 170 <= left[0] <= 176 and all(4 <= a - b <= 6 for a, b in zip(left, left[1:])), left
     done = [r for r in read_audit(tmp_path / "audit.jsonl") if r["kind"] == "completion"]
@@ -177,6 +181,7 @@ async def _handshake(http: httpx2.AsyncClient, url: str) -> dict[str, str]:
     return h
 
 
+@pytest.mark.e2e
 async def test_without_a_progress_token_sse_pings_keep_a_30s_read_timeout_alive(tmp_path: Path, era: str) -> None:
     """No progressToken, so no progress: only the SDK's SSE pings (every 15 s) cross the minute, and a raw
     httpx2 client whose reads time out after 30 s still gets its answer."""
@@ -215,3 +220,41 @@ async def test_without_a_progress_token_sse_pings_keep_a_30s_read_timeout_alive(
     assert WAIT_S <= took < WAIT_S + 10
     assert len(pings) >= 3, pings  # at about 15, 30 and 45 s
     assert max(gaps) <= SSE_PING_S + 5 < READ_TIMEOUT_S, gaps
+
+
+async def test_the_upstreams_progress_goes_on_increasing_after_the_waits(tmp_path: Path, era: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tool that reports steps 1..3 of 3, approved after a few keepalives: every progress value the agent
+    sees is above the one before (MCP, basic/utilities/progress: it MUST increase with each notification).
+    The keepalives count 0, 1, ..., n-1; the upstream's progress p of total t arrives as n + p of n + t."""
+    monkeypatch.setattr(pipeline, "KEEPALIVE_S", 0.2)
+    policy = POLICY.replace(f"[tools.{TOOL}]", "[tools.progress]")
+    cfg = make_config(tmp_path, [upstream(era, "ev", tmp_path, policy)])
+    seen: list[tuple[float, float | None, str]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message or ""))
+
+    async with running(cfg) as gw, Client(gw.url("ev"), mode=MODES[era]) as c:
+        call = asyncio.create_task(c.call_tool("progress", {"steps": 3}, progress_callback=on_progress))
+        try:
+            for _ in range(200):  # bounded: 10 s for three keepalives
+                if len(seen) >= 3:
+                    break
+                await asyncio.sleep(0.05)
+            [pending] = (await gw.control.snapshot()).pending
+            assert (await gw.control.approve(pending.approval_id, by="console:test", digest=pending.digest)).ok
+            result = await asyncio.wait_for(call, 30)
+        finally:
+            call.cancel()
+        for _ in range(40):  # the last progress callbacks run as their own tasks (bounded: 2 s)
+            if sum(m.startswith("step") for _, _, m in seen) == 3:
+                break
+            await asyncio.sleep(0.05)
+    assert [b.text for b in result.content] == ["did 3 steps"]
+    values = [p for p, _, _ in seen]
+    assert all(b > a for a, b in zip(values, values[1:])), seen
+    waits = [p for p, t, m in seen if WAITING.match(m)]
+    n = len(waits)
+    assert n >= 3 and waits == [float(i) for i in range(n)], seen
+    assert seen[n:] == [(n + 1.0, n + 3.0, "step 1"), (n + 2.0, n + 3.0, "step 2"), (n + 3.0, n + 3.0, "step 3")]
