@@ -16,6 +16,7 @@ import contextlib
 import json
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -378,3 +379,101 @@ async def test_agent_goes_on_when_every_call_fails_and_raises_its_callbacks_erro
     finally:
         echo.terminate()
         echo.wait(10)
+
+
+# -- a person edits or refuses a promotion the agent asked for ---------------------------------
+
+APPROVAL = "mcpguard/approval"
+
+
+def stage_of_model(mlflow_stack, model: str, version: str) -> str:
+    """The version's stage as MLflow's own client reads it."""
+    return mlflow_stack.python(
+        f"from mlflow import MlflowClient; print(MlflowClient().get_model_version({model!r}, {version!r}).current_stage)"
+    ).strip()
+
+
+async def register_own_version(call_tool, mlflow_stack, model: str) -> str:
+    """The agent registers a version of a model of its own (a fresh name, so the shared server's seeded
+    model is left alone) through the gateway's `register_model`, from a LoggedModel made with MLflow's
+    client (MLflow 3 registers `runs:/` URIs only for runs that logged one); returns the version."""
+    seeded = mlflow_stack.seeded
+    model_id = mlflow_stack.python(  # what a training run leaves: a LoggedModel, finished
+        "from mlflow import MlflowClient; from mlflow.entities import LoggedModelStatus; c = MlflowClient(); "
+        f"m = c.create_logged_model({seeded['experiment_id']!r}, name={model!r}, "
+        f"source_run_id={seeded['run_ids'][0]!r}); "
+        "c.finalize_logged_model(m.model_id, LoggedModelStatus.READY); print(m.model_id)").strip()
+    r = await call_tool("register_model", {"model_name": model, "model_uri": f"models:/{model_id}"})
+    assert not r.is_error, text(r)
+    version = str((r.structured_content or json.loads(text(r)))["version"])
+    assert stage_of_model(mlflow_stack, model, version) == "None"
+    return version
+
+
+async def test_a_person_edits_a_promotion_to_staging_and_mlflow_gets_the_edit(mlflow_stack, tmp_path):
+    """The agent asks for Production; a person changes it to Staging and approves the digest they saw.
+    MLflow holds Staging, the agent is told its arguments were changed, the audit has both digests."""
+    from mcpguard.approvals import call_digest
+
+    model = f"e2e-edit-{uuid.uuid4().hex[:8]}"
+    async with gateway(mlflow_stack, tmp_path) as gw, client(gw.url("mlflow")) as s:
+        version = await register_own_version(s.call_tool, mlflow_stack, model)
+        asked = {"name": model, "version": version, "stage": "Production", "archive_existing": False}
+        call = asyncio.create_task(s.call_tool("transition_model_version_stage", asked))
+        pending = await wait_for_pending(gw, "transition_model_version_stage")
+        [seen] = (await gw.control.snapshot()).pending  # what the person looks at
+        assert seen.arguments == asked and seen.digest == pending.digest and not call.done()
+        edited = {**asked, "stage": "Staging"}
+        done = await gw.control.approve(seen.approval_id, by="console:test", arguments=edited, digest=seen.digest)
+        assert done.ok and "edited" in done.message
+        r = await asyncio.wait_for(call, 60)
+        assert not r.is_error, text(r)
+        assert r.meta[APPROVAL] == {"approver": "console:test", "arguments_changed": True}
+        assert "Staging" in text(r)
+        policy_version = gw.servers["mlflow"].policy_version
+    assert stage_of_model(mlflow_stack, model, version) == "Staging"
+
+    records = [rec for rec in audit(tmp_path) if rec.get("tool") == "transition_model_version_stage"]
+    assert [rec["kind"] for rec in records] == ["decision", "approval", "completion"]
+    decision, approval, completion = records
+    assert decision["decision"] == "approval_required" and decision["arguments"] == asked
+    assert approval["outcome"] == "approved" and approval["approver"] == "console:test"
+    assert approval["digest"] == seen.digest == call_digest("mlflow", "transition_model_version_stage", asked,
+                                                            policy_version)
+    assert approval["approved_arguments"] == edited
+    assert approval["approved_digest"] == call_digest("mlflow", "transition_model_version_stage", edited,
+                                                      policy_version) != seen.digest
+    assert completion["decision"] == "approved" and completion["approver"] == "console:test"
+    assert completion["arguments"] == edited and completion["digest"] == seen.digest
+    assert completion["is_error"] is False
+
+
+async def test_a_persons_reason_for_a_denial_reaches_the_agent_and_mlflow_is_unchanged(mlflow_stack, tmp_path):
+    """A 2026-07-28 agent asks for Production; a person denies it with a reason they typed: the agent's
+    `isError` result carries the reason in its text and `_meta`, and MLflow's client sees no change."""
+    from mcp import Client
+
+    model = f"e2e-deny-{uuid.uuid4().hex[:8]}"
+    reason = "not before the review on Monday"
+    async with gateway(mlflow_stack, tmp_path) as gw, Client(gw.url("mlflow"), mode="2026-07-28") as c:
+        version = await register_own_version(c.call_tool, mlflow_stack, model)
+        call = asyncio.create_task(c.call_tool("transition_model_version_stage",
+                                               {"name": model, "version": version, "stage": "Production",
+                                                "archive_existing": False}))
+        await wait_for_pending(gw, "transition_model_version_stage")
+        [seen] = (await gw.control.snapshot()).pending
+        done = await gw.control.deny(seen.approval_id, by="console:test", reason=reason, digest=seen.digest)
+        assert done.ok and reason in done.message
+        r = await asyncio.wait_for(call, 60)
+    assert r.is_error
+    assert text(r) == (f"mcpguard denied transition_model_version_stage on mlflow (approval_denied): {reason}. "
+                       "A person denied this call.")
+    assert r.meta[DECISION] == {"code": "approval_denied", "rule": "tools.transition_model_version_stage.action",
+                                "message": reason}
+    assert APPROVAL not in r.meta
+    assert stage_of_model(mlflow_stack, model, version) == "None"
+    records = [rec for rec in audit(tmp_path) if rec.get("tool") == "transition_model_version_stage"]
+    assert [(rec["kind"], rec["decision"] if "decision" in rec else rec["outcome"]) for rec in records] == [
+        ("decision", "approval_required"), ("approval", "denied"), ("completion", "approval_denied")]
+    assert records[1]["reason"] == reason and records[1]["digest"] == seen.digest
+    assert records[2]["approver"] == "console:test" and records[2]["is_error"] is True

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -71,6 +72,9 @@ _CACHE_HINTS = {m: CacheHint(ttl_ms=0, scope="private") for m in (
 #: client notifications that go upstream on a connection of the agent's own (per_session)
 _UPSTREAM_NOTIFICATIONS = frozenset({"notifications/roots/list_changed", "notifications/progress"})
 _SDK_NOTIFICATIONS = frozenset({"notifications/initialized", "notifications/cancelled"})
+#: how many keepalive progress notifications the `tools/call` handled in this context sent while it waited
+#: for a person (set by `Endpoint._keepalive` in the request's own task, read by `Endpoint._progress`)
+_kept_alive: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("mcpguard_kept_alive", default=None)
 
 
 class _Params(BaseModel):
@@ -160,29 +164,38 @@ class Endpoint:
         return sess, self.pool.connection_for(sess)
 
     def _progress(self, ctx: ServerRequestContext[Any, Any]) -> Any:
+        """The upstream's progress, to the agent; after `n` keepalives on this request (`_keepalive`),
+        shifted to `n + progress` of `n + total`, since the values the agent sees MUST increase."""
         if progress_token_from_params(ctx.params) is None:
             return None
         session = ctx.session
+        kept = _kept_alive.get()
+        shift = kept[0] if kept is not None else 0
 
         async def on_progress(progress: float, total: float | None, message: str | None) -> None:
             with contextlib.suppress(Exception):  # the agent's stream may be gone
-                await session.report_progress(progress, total, message)
+                await session.report_progress(progress + shift, None if total is None else total + shift, message)
 
         return on_progress
 
     def _keepalive(self, ctx: ServerRequestContext[Any, Any]) -> Any:
         """While a call waits for a person: progress for an agent that asked for it (`progressToken`), so a
         client whose read timeout resets on progress keeps waiting. Without a token the response stream
-        itself is kept alive by the SDK's SSE pings (every 15 s, both eras)."""
+        itself is kept alive by the SDK's SSE pings (every 15 s, both eras).
+
+        The keepalives' progress counts 0, 1, 2, ...; how many were sent is left in `_kept_alive` for
+        `_progress`, which forwards the upstream's progress (created only once the wait is over)."""
         if progress_token_from_params(ctx.params) is None:
             return None
         session = ctx.session
-        waited = [0.0]
+        sent = [0]
+        _kept_alive.set(sent)
 
         async def on_wait(remaining_s: float) -> None:
-            waited[0] += 1
-            await session.report_progress(waited[0], None, f"waiting for a person's approval, "
-                                                            f"{_clock(remaining_s)} left")
+            value = sent[0]
+            sent[0] += 1  # counted before the send: a send that raised may still have been delivered
+            await session.report_progress(value, None, f"waiting for a person's approval, "
+                                                       f"{_clock(remaining_s)} left")
 
         return on_wait
 
