@@ -75,7 +75,7 @@ class PolicyState(_Model):
 
 class CounterState(_Model):
     """One rate-limit counter: `count` admissions in the window of `window_s` seconds, of `max`;
-    `retry_after_s` seconds until a slot frees (0 when not full)."""
+    `retry_after_s` seconds until a slot frees (0 when not full); `shadow` for a shadow limit's."""
 
     counter: str
     scope: str
@@ -84,6 +84,7 @@ class CounterState(_Model):
     max: int
     window_s: float
     retry_after_s: float
+    shadow: bool = False
 
 
 class ServerState(_Model):
@@ -369,8 +370,10 @@ class LocalControl(Control):
                                        else None))
             source = getattr(policy, "source", None)
             counters = [CounterState(counter=v.counter, scope=v.scope, scope_key=v.scope_key, count=v.count,
-                                     max=v.max, window_s=v.window_s, retry_after_s=v.retry_after_s)
-                        for v in h.counters.snapshot(now_mono) if v.count > 0]
+                                     max=v.max, window_s=v.window_s, retry_after_s=v.retry_after_s,
+                                     shadow=table.shadow)
+                        for table in (h.counters, h.shadow_counters)
+                        for v in table.snapshot(now_mono) if v.count > 0]
             servers.append(ServerState(
                 name=name, url=gw.url(name), state=h.state, detail=h.detail, era=pool.shared.era,
                 protocol_version=pool.shared.protocol_version, upstream_sessions=h.config.upstream_sessions,

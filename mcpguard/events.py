@@ -194,7 +194,8 @@ class CallCompleted(Event):
 
 @dataclass(frozen=True, slots=True)
 class CounterChanged(Event):
-    """A rate-limit counter admitted a call (or was dropped: `count == 0`)."""
+    """A rate-limit counter admitted a call (or was dropped: `count == 0`); `shadow` for a
+    shadow limit's counter (`mode = "shadow"`: it counts, it never refuses)."""
 
     server: str
     counter: str
@@ -204,6 +205,7 @@ class CounterChanged(Event):
     max: int
     window_s: float
     retry_after_s: float
+    shadow: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -172,12 +172,14 @@ class Counters:
 
     `server` is the server's name (for events); `bus`, if given, gets a
     `mcpguard.events.CounterChanged` for each counter on each admission, and
-    one with `count == 0` when `retain` drops a counter.
+    one with `count == 0` when `retain` drops a counter; `shadow` marks them
+    as a shadow limit's counters.
     """
 
-    def __init__(self, server: str, bus: EventBus | None = None) -> None:
+    def __init__(self, server: str, bus: EventBus | None = None, *, shadow: bool = False) -> None:
         self.server = server
         self.bus = bus
+        self.shadow = shadow
         self._logs: dict[tuple[str, str, str], _Log] = {}
         self._now = float("-inf")  # latest `now` seen: time never goes backwards
 
@@ -342,5 +344,5 @@ class Counters:
         assert self.bus is not None
         self.bus.publish(CounterChanged(
             server=self.server, counter=v.counter, scope=v.scope, scope_key=v.scope_key,
-            count=v.count, max=v.max, window_s=v.window_s, retry_after_s=v.retry_after_s,
+            count=v.count, max=v.max, window_s=v.window_s, retry_after_s=v.retry_after_s, shadow=self.shadow,
         ))

@@ -35,7 +35,7 @@ def test_pending_counters_and_labels() -> None:
                                  window_s=60, retry_after_s=0, ts=1000.0)])
     rec = log.calls["c1"]
     assert rec.decision_label == "pending" and rec.result_label == "waiting" and list(log.pending) == ["a1"]
-    assert log.counters[("s", "w", "local")].ratio == 0.8
+    assert log.counters[("s", "w", "local", False)].ratio == 0.8
     _, changed = log.apply([ev.ApprovalResolved(approval_id="a1", call_id="c1", server="s", tool="t",
                                                 outcome="timed_out", approved=False, by="timeout")])
     assert changed == {"c1"} and not log.pending and rec.decision_label == "timed out"

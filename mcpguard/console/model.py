@@ -27,6 +27,10 @@ SHORT_CODES = {"policy_denied": "deny", "rate_limited": "limited", "hidden": "hi
                "no_policy": "no policy", "tool_changed": "changed", "approval_required": "pending"}
 
 
+#: the table's decision of a call a shadow rule would have refused: the glyphs of the tree's states
+SHADOW_LABELS = {"would_deny": "would ✗", "would_rate_limit": "would ≤", "would_require_approval": "would ?"}
+
+
 @dataclass(slots=True)
 class CallRecord:
     """One `tools/call` as the console shows it. Times are epoch seconds."""
@@ -57,12 +61,23 @@ class CallRecord:
     error: str | None = None
     forwarded_arguments: dict[str, Any] | None = None  # what went upstream when a person edited them
     deny_reason: str | None = None                     # a person's reason for a denial
+    grant: str = ""
+    client: str | None = None
+    decided_code: str | None = None   # the policy's decision code (`code` becomes the final outcome)
+    would: str | None = None          # a shadow rule: would_deny, would_rate_limit, would_require_approval
+    would_code: str | None = None
+    would_rule: str | None = None
+    would_message: str | None = None
 
     @property
     def decision_label(self) -> str:
-        """Short decision text for the table: `allow`, `rate_limited`, `pending`, `approved`, ..."""
+        """Short decision text for the table: `allow`, `rate_limited`, `pending`, `approved`, ...;
+        for a call a shadow rule would have refused or sent for approval, `would ✗`, `would ≤`,
+        `would ?` (it went through: the result says how it went)."""
         if self.pending:
             return "pending"
+        if self.would and self.action == "allow" and self.approval_outcome is None:
+            return SHADOW_LABELS.get(self.would, self.would)
         if self.approval_outcome == "policy_changed":  # the policy changed while it waited
             return "policy ✓" if self.approval_approved else "policy ✗"
         if self.approval_outcome:
@@ -92,9 +107,11 @@ class CallRecord:
         return "error" if self.is_error else "ok"
 
     def search_text(self) -> str:
-        """What `/` matches against: tool, server, decision, risk, caller."""
+        """What `/` matches against: tool, server, decision, risk, caller; `shadow` and the shadow
+        outcome (`would_deny`, ...) for a call a shadow rule would have refused."""
         return " ".join(filter(None, (self.tool, self.server, self.decision_label, self.code,
-                                      self.outcome, self.risk, self.caller))).lower()
+                                      self.outcome, self.risk, self.caller,
+                                      f"shadow {self.would} {self.would_code}" if self.would else None))).lower()
 
 
 @dataclass(slots=True)
@@ -110,10 +127,11 @@ class CounterView:
     window_s: float
     retry_after_s: float
     seen_at: float  # epoch seconds when this view was taken
+    shadow: bool = False  # a shadow limit's: it counts, it never refuses
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.server, self.counter, self.scope_key)
+    def key(self) -> tuple[str, str, str, bool]:
+        return (self.server, self.counter, self.scope_key, self.shadow)
 
     def frees_in(self, now: float) -> float:
         """Seconds until a slot frees, counted down from when the view was taken."""
@@ -153,9 +171,10 @@ class CallLog:
             del self.counters[key]
         for v in views:
             if v.count > 0:
-                self.counters[(server, v.counter, v.scope_key)] = CounterView(
+                shadow = bool(getattr(v, "shadow", False))
+                self.counters[(server, v.counter, v.scope_key, shadow)] = CounterView(
                     server, v.counter, v.scope, v.scope_key, v.count, v.max, v.window_s,
-                    v.retry_after_s, seen_at=now)
+                    v.retry_after_s, seen_at=now, shadow=shadow)
 
     def sync_pending(self, pending: Iterable[Any], taken_at: float) -> None:
         """Reconcile the pending approvals with a snapshot's (`PendingState`s, taken at `taken_at`, epoch
@@ -212,7 +231,7 @@ class CallLog:
             if isinstance(e, ev.CallReceived):
                 rec = CallRecord(call_id=e.call_id, ts=e.ts, server=e.server, tool=e.tool,
                                  arguments=e.arguments, caller=e.client or e.grant,
-                                 session_id=e.session_id)
+                                 session_id=e.session_id, grant=e.grant, client=e.client)
                 self._add(rec)
                 self._recent.append(e.ts)
                 new.append(e.call_id)
@@ -221,6 +240,9 @@ class CallLog:
                 if rec is None:
                     continue
                 rec.action, rec.code, rec.rule, rec.message = e.action, e.code, e.rule, e.message
+                rec.decided_code = e.code
+                rec.would, rec.would_code, rec.would_rule = e.would, e.would_code, e.would_rule
+                rec.would_message = e.would_message
                 rec.retry_after_s = e.retry_after_s
                 rec.risk = e.risk or rec.risk
                 if e.approver:  # let through by a session approval, no one asked
@@ -265,13 +287,13 @@ class CallLog:
                     self.denied_total += 1
                 changed.add(e.call_id)
             elif isinstance(e, ev.CounterChanged):
-                key = (e.server, e.counter, e.scope_key)
+                key = (e.server, e.counter, e.scope_key, e.shadow)
                 if e.count <= 0:
                     self.counters.pop(key, None)
                 else:
                     self.counters[key] = CounterView(e.server, e.counter, e.scope, e.scope_key,
                                                      e.count, e.max, e.window_s, e.retry_after_s,
-                                                     seen_at=e.ts)
+                                                     seen_at=e.ts, shadow=e.shadow)
             elif isinstance(e, ev.PolicyRejected):
                 self.policy_errors[e.server] = e.errors
             elif isinstance(e, ev.PolicyReloaded):

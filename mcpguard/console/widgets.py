@@ -606,7 +606,7 @@ class DetailPane(VerticalScroll):
         """Show `rec`; nothing is redrawn when it is the call shown and unchanged."""
         sig = (rec.call_id, rec.decision_label, rec.result_label, rec.code, rec.rule, rec.outcome,
                rec.message, rec.approved_by, rec.duration_ms, rec.risk, id(rec.result), rec.error,
-               id(rec.arguments), id(rec.forwarded_arguments), rec.deny_reason, self.app.theme)
+               id(rec.arguments), id(rec.forwarded_arguments), rec.deny_reason, rec.would, self.app.theme)
         if sig == self._showing:
             return
         self._showing = sig
@@ -636,6 +636,17 @@ class DetailPane(VerticalScroll):
         if rec.duration_ms is not None:
             dec.append(f"  {rec.duration_ms:.0f} ms", style="dim")
         lines.append(dec)
+        if rec.would:
+            shadow = Text("shadow ", style=f"bold {theme_color(self, 'warning')}")
+            shadow.append(rec.would.replace("_", " "))
+            if rec.would_code:
+                shadow.append(f" ({rec.would_code})")
+            if rec.would_rule:
+                shadow.append(f"  rule {rec.would_rule}", style="dim")
+            if rec.would_message:
+                shadow.append(f"\n{rec.would_message}", style="italic")
+            shadow.append("\nit went through: a shadow rule decides without enforcing", style="dim")
+            lines.append(shadow)
         if rec.deny_reason:
             lines.append(Text(f"reason given: {rec.deny_reason}", style="italic"))
         elif rec.message:
@@ -658,12 +669,19 @@ class DetailPane(VerticalScroll):
 def render_gauge(view: CounterView, now: float, width: int, colors: dict[str, str]) -> Text:
     """Two lines: `counter  scope_key` and a bar `█████░░ 24/30 /min  frees 12s`.
 
-    Warning color at 80% of `max`, error color at 100%.
+    Warning color at 80% of `max`, error color at 100%. A shadow limit's
+    counter (it never refuses) is drawn as such: `shadow` in its head, a
+    hatched bar `▒▒▒···`, never the error color, and `would limit` when full.
     """
     ratio = view.ratio
-    color = colors["error"] if ratio >= 1 else colors["warning"] if ratio >= 0.8 else colors["ok"]
+    if view.shadow:
+        color = colors["warning"] if ratio >= 0.8 else colors["ok"]
+    else:
+        color = colors["error"] if ratio >= 1 else colors["warning"] if ratio >= 0.8 else colors["ok"]
     head = Text(no_wrap=True, overflow="ellipsis")
     head.append(view.counter, style="bold")
+    if view.shadow:
+        head.append(" shadow", style="italic")
     head.append(f" {view.scope}:{view.scope_key}", style="dim")
     head.truncate(width, overflow="ellipsis")
     t = Text(no_wrap=True, overflow="ellipsis")
@@ -671,12 +689,15 @@ def render_gauge(view: CounterView, now: float, width: int, colors: dict[str, st
     t.append("\n")
     tail = f" {view.count}/{view.max}{fmt_window(view.window_s)}"
     frees = view.frees_in(now)
-    if frees > 0 and ratio >= 1:
+    if view.shadow and ratio >= 1:
+        tail += " would limit"
+    elif frees > 0 and ratio >= 1:
         tail += f" frees {fmt_duration(frees)}"
     bar_w = max(4, width - len(tail))
     filled = min(bar_w, round(bar_w * min(1.0, ratio)))
-    t.append("█" * filled, style=color)
-    t.append("░" * (bar_w - filled), style="dim")
+    full, empty = ("▒", "·") if view.shadow else ("█", "░")
+    t.append(full * filled, style=color)
+    t.append(empty * (bar_w - filled), style="dim")
     t.append(tail, style=color if ratio >= 0.8 else "")
     return t
 

@@ -57,7 +57,7 @@ class ServerHandle:
         self.counters = Counters(config.name, bus)
         # shadow limits count here, apart from the enforcing ones: a shadow rule never spends a real
         # budget, and a real budget never fills a shadow gauge
-        self.shadow_counters = Counters(config.name, bus)
+        self.shadow_counters = Counters(config.name, bus, shadow=True)
         self.changed_tools: set[str] = set()
         self.fingerprints: dict[str, str] = {}
         self.call_timeout_s: float = config.call_timeout_s
