@@ -154,13 +154,14 @@ class SessionApprovalState(_Model):
 
 class GatewayState(_Model):
     """The gateway itself: `base_url`, `interactive` (a console answers approvals), `headless_approvals`,
-    `can_undo` (a policy edit can be undone), `pid`."""
+    `can_undo` (a policy edit can be undone), `pid`, `audit_log` (its path, or None: none kept)."""
 
     base_url: str
     interactive: bool = True
     headless_approvals: str = "deny"
     can_undo: bool = False
     pid: int = 0
+    audit_log: str | None = None
 
 
 class Snapshot(_Model):
@@ -397,7 +398,8 @@ class LocalControl(Control):
                   for g in gw.approvals.session_approvals()]
         state = GatewayState(base_url=gw.base_url, interactive=gw.interactive,
                              headless_approvals=gw.headless_approvals, can_undo=gw.files.can_undo(),
-                             pid=os.getpid())
+                             pid=os.getpid(),
+                             audit_log=str(gw.config.gateway.audit_log) if gw.config.gateway.audit_log else None)
         return Snapshot(gateway=state, servers=servers, pending=pending, sessions=sessions,
                         session_approvals=grants, taken_at=now)
 

@@ -277,3 +277,86 @@ async def test_editor_follows_the_file_and_offers_to_reload_when_it_has_unsaved_
         assert path.read_text() == POLICY.replace("max = 2", "max = 8")
         assert echo_max(app) == 8 and not disk_bar.display
         await until(pilot, lambda: any("saved from the editor" in n for n in notes(app)), "saved notice")
+
+
+PREVIEWED = """\
+version = "1"
+default = "allow"
+
+[tools.echo]
+[[tools.echo.limits]]
+counter = "echo_rate"
+window = "hour"
+max = 10
+scope = "grant"
+"""
+
+
+async def test_the_editor_previews_what_an_edit_would_have_changed_before_it_is_saved(tmp_path: Path) -> None:
+    app, path = make_app(tmp_path, PREVIEWED)
+    async with app.run_test(size=SIZE) as pilot:
+        await watching(pilot, app)
+        async with client(app.control.gateway.url("ev")) as s:
+            for i in range(4):
+                assert not (await s.call_tool("echo", {"text": f"e{i}"})).is_error
+            await s.call_tool("count_items", {"items": []})
+        await until(pilot, lambda: len(app.model.calls) == 5 and all(r.done for r in app.model.calls.values()),
+                    "five calls seen")
+        select_tool(app, "echo")
+        await pilot.press("e")
+        await until(pilot, lambda: isinstance(app.screen, EditorScreen) and app.screen.loaded, "the editor")
+        editor = app.screen
+        area = editor.query_one("#editor")
+        area.text = area.text.replace("max = 10", "max = 2")  # below what the agent did
+        await until(pilot, lambda: "would change" in editor.preview_text, "the preview")
+        assert "of the last 5 calls (seen by this console), 2 would change: newly rate-limited 2" in \
+            editor.preview_text, editor.preview_text
+        assert "echo  allowed → rate_limited  tools.echo.limits[0]" in editor.preview_text
+        assert "max = 10" in path.read_text()  # nothing saved yet
+        area.text = area.text.replace('[tools.echo]', '[tools.echo]\naction = "deny"')
+        await until(pilot, lambda: "allow → deny 4" in editor.preview_text, "the preview follows the text")
+        area.text = area.text.replace('action = "deny"', 'action = "deny"\n[tools.broken')  # invalid: no preview
+        await until(pilot, lambda: editor.preview_text == "", "no preview of a broken policy")
+        await pilot.press("ctrl+l")  # the audit log: none kept in this test
+        await pilot.press("escape", "escape")
+
+
+async def test_minus_on_a_tool_toasts_what_the_lower_max_would_have_changed(tmp_path: Path) -> None:
+    app, path = make_app(tmp_path, PREVIEWED.replace("max = 10", "max = 4"))
+    async with app.run_test(size=SIZE) as pilot:
+        await watching(pilot, app)
+        async with client(app.control.gateway.url("ev")) as s:
+            for i in range(4):
+                assert not (await s.call_tool("echo", {"text": f"e{i}"})).is_error
+        await until(pilot, lambda: len(app.model.calls) == 4 and all(r.done for r in app.model.calls.values()),
+                    "four calls seen")
+        select_tool(app, "echo")
+        await pilot.press("minus")
+        await until(pilot, lambda: "max = 3" in path.read_text() and app.last_preview, "the tune and its preview")
+        assert app.last_preview == ("of the last 4 calls (seen by this console), 1 would change: "
+                                    "newly rate-limited 1"), app.last_preview
+        assert any(n.startswith("what it would have changed:") for n in notes(app)), notes(app)
+
+
+async def test_ctrl_l_previews_the_edit_on_the_audit_logs_calls(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, [everything_server("ev", tmp_path, PREVIEWED)], audit_log=str(tmp_path / "audit.jsonl"))
+    app = ConsoleApp.embedded(Gateway(cfg), theme_name="dark")
+    async with app.run_test(size=SIZE) as pilot:
+        await watching(pilot, app)
+        async with client(app.control.gateway.url("ev")) as s:
+            for i in range(3):
+                await s.call_tool("echo", {"text": f"e{i}"})
+        await until(pilot, lambda: len(app.model.calls) == 3 and all(r.done for r in app.model.calls.values()),
+                    "three calls")
+        app.model.calls.clear()  # the console forgot them (a restart): the audit log has them
+        select_tool(app, "echo")
+        await pilot.press("e")
+        await until(pilot, lambda: isinstance(app.screen, EditorScreen) and app.screen.loaded, "the editor")
+        editor = app.screen
+        area = editor.query_one("#editor")
+        area.text = area.text.replace("max = 10", "max = 1")
+        await until(pilot, lambda: "of the last 0 calls" in editor.preview_text, "nothing seen by the console")
+        await pilot.press("ctrl+l")
+        await until(pilot, lambda: "(the audit log)" in editor.preview_text, "the audit log's preview")
+        assert "of the last 3 calls (the audit log), 2 would change: newly rate-limited 2" in editor.preview_text
+        await pilot.press("escape", "escape")

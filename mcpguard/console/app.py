@@ -116,6 +116,7 @@ class ConsoleApp(App[int]):
     ) -> None:
         super().__init__()
         self.ring_bell = bell
+        self.last_preview = ""  # the last tune's preview summary (its toast's text)
         self._title_shown: str | None = None
         self.control = control
         self.model = CallLog(max_rows)
@@ -587,6 +588,7 @@ class ConsoleApp(App[int]):
         self.run_worker(self._tune(server, change), group="edits")
 
     async def _tune(self, server: str, change: dict[str, Any]) -> None:
+        before = self.policy_of(server)
         try:
             result = await self.control.tune(server, by=self.by, **change)
         except ControlError as exc:
@@ -595,6 +597,25 @@ class ConsoleApp(App[int]):
         if result.unchanged:
             self.notify(result.message)
         self.flush_events()
+        if not result.unchanged:
+            await self._preview_toast(server, before)
+
+    async def _preview_toast(self, server: str, before: Any) -> None:
+        """After `+`/`-`/`t`/`h`: what the new policy would have decided differently for the calls this
+        console saw (`mcpguard.console.preview`), in a toast of its own."""
+        from mcpguard.console import preview
+        from mcpguard.policy import PolicyError, parse_policy
+
+        try:
+            got = await self.control.policy_text(server)
+            after = parse_policy(got.applied or got.text or "", got.format, got.path or f"{server}.{got.format}")
+        except (ControlError, PolicyError):
+            return
+        calls = preview.recorded_calls(self.model.calls.values(), server)
+        report = preview.preview(calls, after, before)
+        self.last_preview = preview.summary(report, source="seen by this console")
+        self.notify(self.last_preview, title="what it would have changed",
+                    severity="warning" if report.changed else "information", timeout=8)
 
     def undo_edit(self) -> None:
         """Put back the policy text from before the last edit (`u`)."""

@@ -75,6 +75,8 @@ KEYS: tuple[Key, ...] = (
     Key("editor", "ctrl+r", "reload_from_disk", "Load file", "editor.reload", priority=True, key_display="^r"),
     Key("editor", "escape", "close", "Back", "editor.close", priority=True),
     Key("editor", "ctrl+t", "open_approvals", "Approvals", "editor.approvals", priority=True, key_display="^t"),
+    Key("editor", "ctrl+l", "preview_audit", "Preview on audit log", "editor.preview_audit", priority=True,
+        key_display="^l"),
     Key("queue", "escape", "close", "Close", "queue.close"),
     Key("reason", "escape", "close", "Back", "reason.close", priority=True),
     Key("callview", "slash", "search", "Search", "callview.search", key_display="/"),

@@ -352,6 +352,11 @@ class EditorScreen(Screen):
     the queue. When the file changes on disk (another editor), the editor
     shows the new text if it has no unsaved changes; otherwise a banner
     offers `ctrl+r` to load the file or `ctrl+s` to keep (and save) yours.
+
+    While the text differs from the running policy and is valid, a preview
+    pane says what it would have decided differently for this server's calls
+    the console has seen (`mcpguard.console.preview`); `ctrl+l` asks the same
+    of the audit log's calls.
     """
 
     KEY_CONTEXTS = ("editor",)
@@ -370,12 +375,15 @@ class EditorScreen(Screen):
         self._warned_unsaved = False
         self.disk_conflict = False  # the file changed on disk while there were unsaved edits
         self._disk_text: str | None = None
+        self._preview_timer: Any = None
+        self.preview_text = ""  # what the preview pane says (plain text), for tests and people alike
 
     def compose(self) -> ComposeResult:
         yield Static(id="editor-title")
         yield Static(id="editor-banner")
         yield Static(id="editor-disk")
         yield PolicyTextArea.code_editor("", language=self.fmt, id="editor", soft_wrap=False)
+        yield Static(id="editor-preview")
         yield Static(id="editor-errors")
         yield Footer(compact=True)
 
@@ -483,6 +491,8 @@ class EditorScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "open_approvals":
             return bool(self.app.model.pending)
+        if action == "preview_audit":
+            return bool(self.app.snap is not None and self.app.snap.gateway.audit_log)
         if action == "reload_from_disk":
             return self.disk_conflict
         return True
@@ -515,6 +525,7 @@ class EditorScreen(Screen):
             msg.append("not applied: the running policy stays until this one is valid", style="dim")
             out.update(msg)
             out.set_class(True, "-error")
+            self._schedule_preview(None)
             return None
         self.issues = []
         area.error_line = None
@@ -522,7 +533,70 @@ class EditorScreen(Screen):
         out.update(Text("✓ valid" + (" · ctrl+s saves and applies" if dirty else " · saved"),
                         style=theme_color(self, "success")))
         out.set_class(False, "-error")
+        self._schedule_preview(policy if dirty else None)
         return policy
+
+    # -- preview: what the edited text would have changed -----------------------------
+    PREVIEW_DELAY_S = 0.3  # typing does not replay on every key
+
+    def _schedule_preview(self, policy: Any | None) -> None:
+        if self._preview_timer is not None:
+            self._preview_timer.stop()
+            self._preview_timer = None
+        pane = self.query_one("#editor-preview", Static)
+        if policy is None:
+            pane.display = False
+            self.preview_text = ""
+            return
+        self._preview_timer = self.set_timer(self.PREVIEW_DELAY_S, lambda: self._show_preview(policy))
+
+    def _show_preview(self, policy: Any) -> None:
+        from mcpguard.console import preview
+
+        calls = preview.recorded_calls(self.app.model.calls.values(), self.server)
+        report = preview.preview(calls, policy, self.app.policy_of(self.server))
+        self._put_preview(preview.render(report, source="seen by this console", colors=self._colors()))
+
+    def _colors(self) -> dict[str, str]:
+        return {"warning": theme_color(self, "warning")}
+
+    def _put_preview(self, text: Text) -> None:
+        pane = self.query_one("#editor-preview", Static)
+        pane.display = True
+        pane.update(text)
+        self.preview_text = text.plain
+
+    def action_preview_audit(self) -> None:
+        """ctrl+l: the preview over the audit log's calls of this server (read in a thread)."""
+        path = self.app.snap.gateway.audit_log if self.app.snap is not None else None
+        text = self._area().text
+        if not path:
+            self.notify("this gateway keeps no audit log ([gateway] audit_log)", severity="warning")
+            return
+        from mcpguard.policy import PolicyError, parse_policy
+
+        try:
+            policy = parse_policy(text, self.fmt, str(self.path))
+        except PolicyError:
+            self.notify("the policy has errors: fix them to preview it", severity="warning")
+            return
+        running = self.app.policy_of(self.server)
+        self._put_preview(Text(f"preview: reading {path} …", style="dim"))
+        self.run_worker(lambda: self._audit_preview(path, policy, running), thread=True, exclusive=True,
+                        group="editor-preview")
+
+    def _audit_preview(self, path: str, policy: Any, running: Any) -> None:
+        from mcpguard.console import preview
+        from mcpguard.whatif import AuditReadError, read_calls
+
+        try:
+            got = read_calls(path, server=self.server)
+        except (OSError, AuditReadError) as exc:
+            self.app.call_from_thread(self.notify, f"cannot read the audit log: {exc}", severity="error")
+            return
+        report = preview.preview(got.calls, policy, running)
+        source = "the audit log" + (f"; {len(got.unreadable)} records unreadable" if got.unreadable else "")
+        self.app.call_from_thread(self._put_preview, preview.render(report, source=source, colors=self._colors()))
 
     def action_save(self) -> None:
         text = self._area().text
