@@ -562,10 +562,14 @@ class ConfigFile(_ConfigTable):
                 if entry.get("name") is not None and entry["name"] != name:
                     yield found(("servers", name, "name"), "name",
                                 f"{entry['name']!r} differs from the table's name {name!r}")
-        first: dict[bytes | None, str] = {}
+        first: dict[bytes, str] = {}
         for name, entry in grants.items() if isinstance(grants, Mapping) else ():
-            if isinstance(entry, Mapping) and not seen.bad("grants", name):
-                digest = _token_digest(entry.get("token_env"), entry.get("token_sha256"), context["environ"])
+            if not isinstance(entry, Mapping):
+                continue
+            env = None if seen.bad("grants", name, "token_env") else entry.get("token_env")
+            hexd = None if seen.bad("grants", name, "token_sha256") else entry.get("token_sha256")
+            digest = None if (env is None) == (hexd is None) else _token_digest(env, hexd, context["environ"])
+            if digest is not None:  # else the grant's own problem is reported
                 other = first.setdefault(digest, name)
                 if other != name:
                     yield found(("grants", name), "same_token",
