@@ -146,6 +146,8 @@ class Seen:
 
     def bad(self, *loc: str | int) -> bool:
         """Whether an error was found at `loc` or under it."""
+        if not self._bad:
+            return False
         n = len(loc)
         return any(b[:n] == loc for b in self._bad)
 
