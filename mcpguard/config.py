@@ -5,6 +5,8 @@
 host = "127.0.0.1"                # loopback by default
 port = 8765                       # 0: any free port
 url_file = ".mcpguard/url"        # where the listen URL is written
+control_file = ".mcpguard/control.json"  # the control endpoint's URL and token (0600), for console --attach
+control_token_env = ""            # take the control token from this variable (default: a new one each start)
 audit_log = ".mcpguard/audit.jsonl"
 audit_fsync = false               # fsync each audit record (slower)
 redact_keys = []                  # extra secret key fragments for the audit log (matched anywhere in a key)
@@ -20,6 +22,10 @@ request_read_timeout = "10s"      # a connection must send a whole request withi
 [console]
 theme = "mcpguard-dark"
 max_rows = 2000
+
+[telemetry]                       # OpenTelemetry, off when the section and OTEL_EXPORTER_OTLP_* are absent
+otlp_endpoint = "http://127.0.0.1:4318"  # OTLP/HTTP collector: /v1/traces and /v1/metrics are appended
+service_name = "mcpguard"         # the resource's service.name (default: OTEL_SERVICE_NAME, else mcpguard)
 
 [servers.mlflow]                  # stdio upstream
 policy = "sample_policies/mlflow.toml"
@@ -62,13 +68,19 @@ Rules:
   else 1000 for a shared server and 16 for a `per_session` one (each of
   those is an upstream process). `session_idle_timeout` closes sessions
   that sent nothing for that long (default 10 minutes).
+- Telemetry (`mcpguard.telemetry`) is on when `[telemetry] otlp_endpoint`
+  is set, or, with no endpoint there, when the environment has
+  `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+  `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` (the OpenTelemetry SDK's standard
+  variables, which then also say where to and how); `OTEL_SDK_DISABLED=true`
+  turns it off in every case (OpenTelemetry SDK environment variables).
 - Unknown keys are errors. Every problem is reported at once in a
   `ConfigError`, each as `file:line: key: message`.
 
 Each table is validated by a pydantic model of what may be written there
-(`GatewayTable`, `ConsoleTable`, `ServerTable`, `GrantTable`, `ConfigFile`;
-shared parts in `mcpguard.validation`), and the records below are filled
-from the validated tables by field name. A new key is one field on its
+(`GatewayTable`, `ConsoleTable`, `TelemetryTable`, `ServerTable`,
+`GrantTable`, `ConfigFile`; shared parts in `mcpguard.validation`), and the
+records below are filled from the validated tables by field name. A new key is one field on its
 table's model (type, default, and a `Says` if its problems need their own
 words) and the attribute of that name on the record readers use.
 """
@@ -152,7 +164,10 @@ class ConfigError(ValueError):
 class GatewayConfig:
     """`[gateway]`: listen address and shared settings.
 
-    `host`/`port` (0: any free port); `url_file`, `audit_log`: absolute
+    `host`/`port` (0: any free port); `control_file` (where the control
+    endpoint's URL and token are written for `console --attach`, None: not
+    written), `control_token` (from `control_token_env`; None: the gateway
+    makes one at each start; never in a repr); `url_file`, `audit_log`: absolute
     paths or None (off); `audit_fsync`; `redact_keys` (extra audit secret
     key fragments, matched anywhere in a key, on top of
     `mcpguard.audit.SECRET_KEYS`); `audit_max_value_bytes` (bytes one value
@@ -174,6 +189,8 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     url_file: Path | None = None
+    control_file: Path | None = None
+    control_token: str | None = field(default=None, repr=False)
     audit_log: Path | None = None
     audit_fsync: bool = False
     redact_keys: tuple[str, ...] = ()
@@ -198,6 +215,36 @@ class ConsoleConfig:
 
     theme: str = "mcpguard-dark"
     max_rows: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """`[telemetry]`: OpenTelemetry traces and metrics over OTLP/HTTP (`mcpguard.telemetry`).
+
+    `otlp_endpoint`: the collector's base URL (`http://127.0.0.1:4318`;
+    `/v1/traces` and `/v1/metrics` are appended, as for
+    `OTEL_EXPORTER_OTLP_ENDPOINT`), or None: the exporters read the `OTEL_*`
+    variables. `service_name`: the resource's `service.name`, or None
+    (`OTEL_SERVICE_NAME`, else `mcpguard`). `enabled`: decided at load time
+    from the section and the environment (see the module docstring's rules).
+    """
+
+    otlp_endpoint: str | None = None
+    service_name: str | None = None
+    enabled: bool = False
+
+
+#: the OpenTelemetry SDK's variables that name an OTLP destination: any of them turns telemetry on
+OTEL_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                      "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+
+
+def telemetry_enabled(otlp_endpoint: str | None, environ: Mapping[str, str]) -> bool:
+    """Whether telemetry runs: `OTEL_SDK_DISABLED=true` says no; else an `otlp_endpoint` or one of
+    `OTEL_ENDPOINT_VARS` in `environ` says yes (OpenTelemetry SDK environment variables)."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    return bool(otlp_endpoint) or any(environ.get(var, "").strip() for var in OTEL_ENDPOINT_VARS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +314,7 @@ class Config:
     console: ConsoleConfig
     servers: dict[str, ServerConfig]
     grants: dict[str, GrantConfig]
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @property
     def base_dir(self) -> Path:
@@ -413,6 +461,25 @@ def _no_file_there(written: str, info: ValidationInfo) -> str:
     return written
 
 
+def _from_environment(name: str, info: ValidationInfo) -> str | None:
+    if not name:
+        return None
+    if not _ENV_NAME.match(name):
+        raise problem("env_name", f"{name!r} is not an environment variable name")
+    value = info.context["environ"].get(name)
+    if not value:
+        raise problem("env_unset", f"environment variable {name} is not set (or empty)")
+    return value
+
+
+def _otlp_endpoint(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise problem("url", f"{url!r} is not an http:// or https:// URL "
+                             "(an OTLP/HTTP collector, e.g. 'http://127.0.0.1:4318')")
+    return url
+
+
 def _server_name(name: str) -> str:
     if not _NAME.match(name):
         raise problem("name", "a server name may hold only letters, digits, '_', '.', '-' (it is part of the URL "
@@ -443,6 +510,8 @@ Origin = Annotated[StrictStr, AfterValidator(_origin), Says("must be a list of s
 Origins = Annotated[tuple[Origin, ...], Says("must be a list of strings", when=("tuple_type",))]
 Expanded = Annotated[StrictStr, BeforeValidator(_number_as_text), AfterValidator(_expanded)]
 """An `env` or `headers` value: `${VAR}`, `${VAR:-default}` expanded from the environment, `$$` a `$`."""
+SecretFromEnv = Annotated[StrictStr, AfterValidator(_from_environment)]
+"""The value of the environment variable a key names ('' names none: None); never kept in a repr."""
 ServerName = Annotated[StrictStr, AfterValidator(_server_name)]
 GrantName = Annotated[StrictStr, AfterValidator(_grant_name)]
 
@@ -465,6 +534,8 @@ class GatewayTable(_ConfigTable):
     host: Text = "127.0.0.1"
     port: Port = DEFAULT_PORT
     url_file: FilePath = ".mcpguard/url"
+    control_file: FilePath = ".mcpguard/control.json"
+    control_token: SecretFromEnv = Field(None, alias="control_token_env", repr=False)
     audit_log: FilePath = ".mcpguard/audit.jsonl"
     audit_fsync: Switch = False
     redact_keys: Strings = ()
@@ -483,6 +554,13 @@ class ConsoleTable(_ConfigTable):
 
     theme: Text = "mcpguard-dark"
     max_rows: RowCap = 2000
+
+
+class TelemetryTable(_ConfigTable):
+    """`[telemetry]` as written (see `TelemetryConfig`; `enabled` is decided from it and the environment)."""
+
+    otlp_endpoint: Annotated[Text, AfterValidator(_otlp_endpoint)] | None = None
+    service_name: Text | None = None
 
 
 class ServerTable(_ConfigTable):
@@ -552,6 +630,7 @@ class ConfigFile(_ConfigTable):
     console: ConsoleTable = Field(default_factory=ConsoleTable)
     servers: dict[ServerName, ServerTable] = {}
     grants: dict[GrantName, GrantTable] = {}
+    telemetry: TelemetryTable = Field(default_factory=TelemetryTable)
 
     @classmethod
     def rules(cls, seen: Seen, context: Mapping[str, Any]) -> Iterator[InitErrorDetails]:
@@ -606,8 +685,10 @@ def _load(data: Any, file: str, base: Path, positions: Any, environ: Mapping[str
     gateway = _record(GatewayConfig, doc.gateway, base)
     servers = {name: _server(name, t, gateway, base) for name, t in doc.servers.items()}
     grants = {name: _grant(name, t, environ) for name, t in doc.grants.items()}
+    telemetry = _record(TelemetryConfig, doc.telemetry, base,
+                        enabled=telemetry_enabled(doc.telemetry.otlp_endpoint, environ))
     return Config(path=path, gateway=gateway, console=_record(ConsoleConfig, doc.console, base),
-                  servers=servers, grants=grants)
+                  servers=servers, grants=grants, telemetry=telemetry)
 
 
 def _record(cls: type[Any], table: Any, base: Path, **resolved: Any) -> Any:
@@ -654,9 +735,9 @@ _DURATION_ERRORS = ("duration", "duration_not_positive")
 
 
 def _issues(exc: ValidationError, file: str, positions: Any, data: Any) -> list[ConfigIssue]:
-    """`exc`'s errors as `ConfigIssue`s, table by table in the file's order of sections and entries:
-    a table's unknown keys first, then its problems by line, its durations last (the order this
-    loader has always reported them in)."""
+    """`exc`'s errors as `ConfigIssue`s: unknown top-level keys first, then table by table in the
+    file's order (a section, or one server or grant), each table's unknown keys first, then its
+    problems by line, its durations last (the order this loader has always reported them in)."""
     ranked = []
     for n, x in enumerate(explain(ConfigFile, exc)):
         loc = tuple(p for p in x.loc if p != "[key]")
@@ -665,8 +746,8 @@ def _issues(exc: ValidationError, file: str, positions: Any, data: Any) -> list[
             item, loc = loc[-1], loc[:-1]
         line = positions.locate(loc)[0] if positions is not None else 0
         issue = ConfigIssue(file, line, ".".join(str(p) for p in loc), _message(x, item))
-        ranked.append(((*_table_rank(loc, x.type, data), x.type != "extra_forbidden", x.type in _DURATION_ERRORS,
-                        line, n), issue))
+        ranked.append(((*_table_rank(loc, x.type, data, positions), x.type != "extra_forbidden",
+                        x.type in _DURATION_ERRORS, line, n), issue))
     out: list[ConfigIssue] = []
     for _, issue in sorted(ranked, key=lambda r: r[0]):
         if issue not in out:  # several bad items of one list are one problem of its key
@@ -674,14 +755,17 @@ def _issues(exc: ValidationError, file: str, positions: Any, data: Any) -> list[
     return out
 
 
-def _table_rank(loc: tuple[Any, ...], kind: str, data: Any) -> tuple[int, int]:
+def _table_rank(loc: tuple[Any, ...], kind: str, data: Any, positions: Any) -> tuple[int, int, int]:
+    """(where the table of `loc` starts in the file, its section's place in `ConfigFile`, its entry's place)."""
     if not loc or loc[0] not in _SECTIONS or len(loc) == 1 and kind == "extra_forbidden":
-        return (-1, 0)
-    section = loc[0]
+        return (-1, 0, 0)
+    table = loc[:2] if loc[0] in _ENTRIES and len(loc) > 1 else loc[:1]
     entry = 0
-    if section in _ENTRIES and len(loc) > 1 and isinstance(data, Mapping) and isinstance(data.get(section), Mapping):
-        entry = list(data[section]).index(loc[1]) if loc[1] in data[section] else 0
-    return (_SECTIONS.index(section), entry)
+    if len(table) == 2 and isinstance(data, Mapping) and isinstance(data.get(table[0]), Mapping):
+        names = list(data[table[0]])
+        entry = names.index(table[1]) if table[1] in names else 0
+    start = positions.locate(table)[0] if positions is not None else 0
+    return (start, _SECTIONS.index(table[0]), entry)
 
 
 def _message(x: Any, item: int | None) -> str:

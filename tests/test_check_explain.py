@@ -36,7 +36,7 @@ def test_check_sample_policy_prints_one_row_per_tool_and_exits_0(policy):
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert row(out, "set_experiment_tag") == ["set_experiment_tag", "allow", "", "30/min", "medium write"]
-    assert row(out, "transition_model_version_stage")[:4] == ["transition_model_version_stage", "approval", "within 2m", "5/h [promotions]"]
+    assert row(out, "transition_model_version_stage")[:4] == ["transition_model_version_stage", "approval", "within 2m", "6/min [promotions]"]
     assert row(out, "delete_registered_model")[:2] == ["delete_registered_model", "hidden"]
     assert row(out, "delete_run")[1] == "deny"
     assert row(out, "get_run") == ["get_run", "allow", "", "", "low read"]
@@ -112,7 +112,7 @@ def test_explain_approval_and_limits():
     assert res.returncode == 0, res.stderr
     assert "as grant agent-a: require_approval  code approval_required, rule tools.set_model_alias.action" in res.stdout
     assert "a person must approve within 2m, else it is denied" in res.stdout
-    assert "counts against: promotions (5 calls per hour per grant); mlflow_calls (600 calls per minute per grant)" in res.stdout
+    assert "counts against: promotions (6 calls per minute per grant); mlflow_calls (600 calls per minute per grant)" in res.stdout
 
 
 def test_explain_hidden_and_unlisted_tools():

@@ -18,6 +18,7 @@ from mcpguard.config import (
     ConfigError,
     GrantConfig,
     ServerConfig,
+    TelemetryConfig,
     load_config,
     parse_config,
 )
@@ -181,8 +182,8 @@ def test_every_problem_at_once_with_line_and_key(tmp_path):
         [extra]
         """)
     assert got == [
-        ":37: extra: unknown key (known: gateway, console, servers, grants)",
-        ":2: gateway.hots: unknown key (known: host, port, url_file, audit_log, audit_fsync, redact_keys, "
+        ":37: extra: unknown key (known: gateway, console, servers, grants, telemetry)",
+        ":2: gateway.hots: unknown key (known: host, port, url_file, control_file, control_token_env, audit_log, audit_fsync, redact_keys, "
         "audit_max_value_bytes, headless_approvals, call_timeout, allowed_origins, max_sessions, session_idle_timeout, "
         "request_read_timeout, approve_for_session_ttl)",
         ":3: gateway.port: must be a port number 0-65535 (0: any free port), not 70000",
@@ -230,6 +231,30 @@ def test_the_audit_value_cap(tmp_path):
         got = problems(tmp_path, f"[gateway]\naudit_max_value_bytes = {bad}\n")
         assert got == [f":2: gateway.audit_max_value_bytes: must be a whole number of bytes, 1024 or more "
                        f"(65536 is 64 KiB), not {tomllib.loads('v = ' + bad)['v']!r}"], got
+
+
+def test_telemetry_section_and_the_otel_environment(tmp_path):
+    """[telemetry] otlp_endpoint turns it on; with no section the standard OTEL_EXPORTER_OTLP_* variables do;
+    OTEL_SDK_DISABLED=true turns it off in every case; a bad section is a ConfigError like any other."""
+    assert load_config(write(tmp_path, ""), environ={}).telemetry == TelemetryConfig()
+    on = load_config(write(tmp_path, '[telemetry]\notlp_endpoint = "http://127.0.0.1:4318"\n'
+                                     'service_name = "edge-gw"\n'), environ={})
+    assert on.telemetry == TelemetryConfig(otlp_endpoint="http://127.0.0.1:4318", service_name="edge-gw",
+                                           enabled=True)
+    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"):
+        assert load_config(write(tmp_path, ""), environ={var: "http://127.0.0.1:4318"}).telemetry.enabled
+    assert not load_config(write(tmp_path, ""), environ={"OTEL_EXPORTER_OTLP_ENDPOINT": ""}).telemetry.enabled
+    off = load_config(write(tmp_path, '[telemetry]\notlp_endpoint = "http://127.0.0.1:4318"\n'),
+                      environ={"OTEL_SDK_DISABLED": "TRUE"})
+    assert off.telemetry.otlp_endpoint == "http://127.0.0.1:4318" and not off.telemetry.enabled
+    got = problems(tmp_path, '[telemetry]\notlp_endpoint = "127.0.0.1:4318"\nservice_name = 3\nsampler = "x"\n')
+    assert got == [
+        ":4: telemetry.sampler: unknown key (known: otlp_endpoint, service_name)",
+        ":2: telemetry.otlp_endpoint: '127.0.0.1:4318' is not an http:// or https:// URL "
+        "(an OTLP/HTTP collector, e.g. 'http://127.0.0.1:4318')",
+        ":3: telemetry.service_name: must be a string, not a number",
+    ], got
 
 
 def test_two_grants_with_one_token(tmp_path):

@@ -287,6 +287,30 @@ async def test_scripted_agent_plays_a_loop_through_mcpguard(mlflow_stack, tmp_pa
     assert len(audited_calls(tmp_path)) == len(tool_calls)
 
 
+async def test_the_demo_loop_keeps_asking_a_person_loop_after_loop(mlflow_stack, tmp_path):
+    """The sample policy's promotion cap limits asking, not answering: three loops back to
+    back (six promotions in well under a minute) each reach the person."""
+    steps = []
+    asked = []
+    async with gateway(mlflow_stack, tmp_path) as gw:
+
+        async def approver() -> None:
+            for _ in range(2400):
+                for p in gw.approvals.pending():
+                    asked.append(p.call.tool)
+                    gw.approvals.approve(p.id)
+                await asyncio.sleep(0.05)
+
+        person = asyncio.create_task(approver())
+        try:
+            await asyncio.wait_for(run_agent(gw.url("mlflow"), loops=3, pace_s=0, burst=2, on_step=steps.append), 180)
+        finally:
+            person.cancel()
+    outcomes = {t: [st.outcome for st in steps if st.tool == t] for t in ("set_model_alias", "transition_model_version_stage")}
+    assert outcomes == {"set_model_alias": ["ok"] * 3, "transition_model_version_stage": ["ok"] * 3}
+    assert sorted(asked) == ["set_model_alias"] * 3 + ["transition_model_version_stage"] * 3
+
+
 async def test_agent_cancelled_while_waiting_for_approval_leaves_nothing_pending(mlflow_stack, tmp_path):
     steps = []
     async with gateway(mlflow_stack, tmp_path) as gw:

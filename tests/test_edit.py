@@ -39,9 +39,20 @@ action = "require_approval"   # a person decides
 
 
 def test_set_max_changes_one_number_and_nothing_else():
-    out = set_max(TOML, "toml", tool="set_experiment_tag", delta=-10)
-    assert short_diff(TOML, out) .splitlines()[2:] == ["@@ -13 +13 @@", "-max = 30", "+max = 20"]
-    assert "# tags, capped" in out and "# shared with set_run_tag" in out and "# a person decides" in out
+    src = TOML.replace('counter = "tag_rate"   # shared', 'counter = "experiment_tag_rate"   # not shared', 1)
+    out = set_max(src, "toml", tool="set_experiment_tag", delta=-10)
+    assert short_diff(src, out) .splitlines()[2:] == ["@@ -13 +13 @@", "-max = 30", "+max = 20"]
+    assert "# tags, capped" in out and "# not shared" in out and "# a person decides" in out
+
+
+def test_set_max_on_a_tool_whose_counter_is_shared_changes_it_everywhere_so_the_policy_still_loads():
+    from mcpguard.policy import parse_policy
+
+    out = set_max(TOML, "toml", tool="set_experiment_tag", delta=5)
+    assert out.count("max = 35") == 2 and "max = 30" not in out
+    assert "# shared with set_run_tag" in out
+    policy = parse_policy(out, "toml", "p.toml")
+    assert {lim.max for t in ("set_experiment_tag", "set_run_tag") for lim in policy.tools[t].limits} == {35}
 
 
 def test_set_max_on_a_counter_changes_every_limit_that_names_it():

@@ -116,12 +116,13 @@ def _info(name: str) -> Any:
 
 
 async def test_idle_sessions_are_closed(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path, [legacy_server("ev", tmp_path, POLICY, max_sessions=2)], session_idle_timeout_s=1)
+    # 4 s: long enough that the two sessions are not idle yet when the third asks on a busy machine
+    cfg = make_config(tmp_path, [legacy_server("ev", tmp_path, POLICY, max_sessions=2)], session_idle_timeout_s=4)
     async with running(cfg) as gw, httpx2.AsyncClient(timeout=60) as http:
         for _ in range(2):
             assert (await _open(http, gw.url("ev"))).status_code == 200
         assert (await _open(http, gw.url("ev"))).status_code == 503
-        for _ in range(100):  # the SDK reaps idle sessions; their upstream processes go with them
+        for _ in range(200):  # the SDK reaps idle sessions; their upstream processes go with them
             if not gw.pools["ev"].sessions and _children_running(LEGACY) == 1:
                 break
             await asyncio.sleep(0.1)

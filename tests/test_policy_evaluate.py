@@ -110,14 +110,14 @@ def test_require_approval_carries_timeout_reason_and_limits(mlflow_policy):
 def test_limit_check_comes_before_approval_and_shared_counter_spans_tools(mlflow_policy):
     counters = Counters("mlflow")
     alias = call("set_model_alias", {"name": "m", "alias": "champion", "version": "1"})
-    for i in range(5):
+    for i in range(6):
         d = evaluate(alias, mlflow_policy, counters, float(i))
         assert d.action == "require_approval"
         counters.try_consume(d.limits, alias, float(i))  # approved and forwarded
     stage = call("transition_model_version_stage", {"name": "m", "version": "3", "stage": "Staging"})
     d = evaluate(stage, mlflow_policy, counters, 10.0)
     assert (d.code, d.rule) == ("rate_limited", "tools.transition_model_version_stage.limits[0]")
-    assert d.retry_after_s == pytest.approx(3600.0 - 10.0)
+    assert d.retry_after_s == pytest.approx(60.0 - 10.0)
 
 
 def test_all_tools_limit_counts_every_call():

@@ -17,6 +17,8 @@ from mcpguard.config import (
     GrantTable,
     ServerConfig,
     ServerTable,
+    TelemetryConfig,
+    TelemetryTable,
     parse_config,
 )
 from mcpguard.policy import PolicyError, parse_policy
@@ -27,6 +29,7 @@ from mcpguard.policy import PolicyError, parse_policy
     (ConsoleTable, ConsoleConfig, set()),
     (ServerTable, ServerConfig, {"transport"}),
     (GrantTable, GrantConfig, {"_digest"}),
+    (TelemetryTable, TelemetryConfig, {"enabled"}),
 ])
 def test_every_key_of_a_table_has_its_record_attribute(table, record, resolved):
     """Records are filled from tables by field name: a key added to a model without the record's

@@ -1,4 +1,4 @@
-"""`mcpguard console | serve | demo | check | explain | replay`.
+"""`mcpguard console | serve | demo | check | explain | replay | connect`.
 
 Each subcommand lives in `mcpguard.cli.<name>` with
 `add_arguments(parser)` and `run(args) -> int` (the exit code); it is
@@ -21,6 +21,7 @@ COMMANDS = {
     "check": "validate a policy and print its table",
     "explain": "show the decision for one call and the rules behind it",
     "replay": "decide recorded calls again under another policy and show what would change",
+    "connect": "a stdio MCP server forwarding to a gateway endpoint (for stdio-only clients)",
 }
 
 

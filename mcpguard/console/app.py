@@ -133,6 +133,8 @@ class ConsoleApp(App[int]):
         self._tree_sig: tuple = ()
         self._bands: frozenset = frozenset()
         self._figures: tuple = ()
+        #: the link to the gateway: None when fine, else what the status bar says ("disconnected: ...")
+        self.link: str | None = None
 
     @classmethod
     def embedded(cls, gateway: Any, *, start_gateway: bool = True, **kw: Any) -> ConsoleApp:
@@ -176,7 +178,11 @@ class ConsoleApp(App[int]):
                 self.exit(1, message=f"mcpguard: the gateway did not start: {exc}")
                 return
         await self.fetch_snapshot()
-        self._after_start()
+        if self.snap is not None:
+            self._after_start()
+        else:  # an attached gateway that is not there (yet): the event stream says when it is
+            self.link = "connecting…"
+            self.flush_events()
 
     def _after_start(self) -> None:
         self.started = True
@@ -257,7 +263,9 @@ class ConsoleApp(App[int]):
             self._set_snapshot(self.control.snapshot_now())  # type: ignore[attr-defined]
         else:
             self._snap_stale = True
-            self.run_worker(self.fetch_snapshot(), name="snapshot", exclusive=True, group="snapshot")
+            # the method, not a coroutine: an exclusive worker replaced before it ran
+            # would leave a coroutine nobody awaits
+            self.run_worker(self.fetch_snapshot, name="snapshot", exclusive=True, group="snapshot")
 
     def policy_of(self, server: str) -> Any:
         """The running policy of `server` as a `mcpguard.policy.Policy` (parsed from the snapshot's text,
@@ -315,6 +323,8 @@ class ConsoleApp(App[int]):
         log.evicted.clear()
         self.main.apply_batch(new, changed, evicted)
         kinds = {type(e).__name__ for e in batch}
+        if "ControlLink" in kinds:
+            self._link_changed([e for e in batch if type(e).__name__ == "ControlLink"][-1])
         self._notify_policy_events(batch)
         for e in batch:  # the gateway follows the files; an open editor follows what it saw
             if type(e).__name__ in ("PolicyReloaded", "PolicyRejected") and getattr(e, "source", "file") == "file":
@@ -330,10 +340,25 @@ class ConsoleApp(App[int]):
             self.main.refresh_gauges()
         if kinds & {"ApprovalRequested", "ApprovalResolved"} or pending_before != len(log.pending):
             self.refresh_pending()
-        figures = (log.denied_total, len(log.pending), log.dropped_events, self._tree_sig)
+        figures = (log.denied_total, len(log.pending), log.dropped_events, self._tree_sig, self.link)
         if figures != self._figures or kinds & {"PolicyReloaded", "PolicyRejected", "UpstreamState"}:
             self._figures = figures
             self.main.refresh_status()
+
+    def _link_changed(self, e: Any) -> None:
+        """The attached gateway went away (keep what we saw, say so) or came back (take a new snapshot)."""
+        if e.state == "connected":
+            self.link = None
+            self.run_worker(self._reconnected, name="reconnect", exclusive=True, group="snapshot")
+        else:
+            self.link = f"disconnected: {e.detail}" if e.detail else "disconnected"
+        if self.main is not None and self.main.is_mounted:
+            self.main.refresh_status()
+
+    async def _reconnected(self) -> None:
+        await self.fetch_snapshot()
+        if self.snap is not None and not self.started:
+            self._after_start()
 
     def _gauge_bands(self) -> frozenset:
         """Each live counter with its color band (0 ok, 1 warning at 80%, 2 error at 100%)."""
@@ -403,7 +428,7 @@ class ConsoleApp(App[int]):
 
     def status_fields(self) -> dict[str, Any]:
         views = self.server_views()
-        policy = ", ".join(Path(v.policy_path).name for v in views if v.policy_path) or "no policy"
+        policy = ", ".join(Path(v.policy_path).name for v in views if v.policy_path) or ("no policy" if self.started else "")
         err = next((v.policy_error for v in views if v.policy_error), None)
         if err:
             # `file:line:col: message` -> `line L: message`
@@ -418,6 +443,7 @@ class ConsoleApp(App[int]):
             "denied": self.model.denied_total,
             "pending": len(self.model.pending),
             "dropped": self.model.dropped_events,
+            "link": self.link,
         }
 
     def welcome_text(self) -> Text:

@@ -14,9 +14,10 @@ from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static, TextArea, Tree
 
+from mcpguard.console.approving import ApprovalPrompt
 from mcpguard.console.keymap import CONTEXT_TITLES, KEYS, bindings
 from mcpguard.console.widgets import (
-    STATE_WORD, ApprovalPrompt, CallTable, DetailPane, GaugePanel, ServerTree, StatusBar,
+    STATE_WORD, CallTable, DetailPane, GaugePanel, ServerTree, StatusBar,
     fmt_window, theme_color,
 )
 

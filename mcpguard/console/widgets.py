@@ -1,5 +1,5 @@
-"""The console's widgets: server/tool tree, call table, detail pane, gauges,
-approval prompt and status bar.
+"""The console's widgets: server/tool tree, call table, detail pane, gauges
+and status bar (the approval prompt is in `mcpguard.console.approving`).
 
 Attributes down, messages up (style.md §3): the screen hands each widget its
 data (`CallLog`, server views); widgets post messages (`CallTable.FollowChanged`)
@@ -779,110 +779,50 @@ class GaugePanel(VerticalScroll):
 
 
 # -- approval prompt -----------------------------------------------------------
-class ApprovalPrompt(Static):
-    """The current pending approval of the queue ("1 of 3") with a countdown.
-
-    It holds no state beyond which approval is current (`current_id`); the
-    owner calls `show(pending, now)` each second and on every change.
-    """
-
-    current_id: str | None = None
-
-    def show(self, pending: list[Any], now: float) -> None:
-        """`pending` are `ApprovalRequested` events, oldest first."""
-        if not pending:
-            self.current_id = None
-            self.update("")
-            self.border_title = ""
-            return
-        ids = [p.approval_id for p in pending]
-        if self.current_id not in ids:
-            self.current_id = ids[0]
-        idx = ids.index(self.current_id)
-        p = pending[idx]
-        left = max(0.0, p.deadline - now)
-        self.border_title = f"approval {idx + 1} of {len(pending)}"
-        self.border_subtitle = f"denied in {fmt_duration(left)}"
-        risk_color = theme_color(self, f"risk-{p.risk}") if p.risk else ""
-        width = max(20, self.content_region.width or 80)
-
-        def line() -> Text:
-            return Text(no_wrap=True, overflow="ellipsis", end="")
-
-        head = line()
-        head.append(p.tool, style=f"bold {risk_color}")
-        head.append(f" on {p.server}", style="dim")
-        if p.risk:
-            head.append("  risk ", style="dim")
-            head.append(p.risk, style=f"bold {risk_color}")
-        who = line()
-        who.append("caller ", style="dim")
-        who.append(p.client or p.grant)
-        if p.session_id:
-            who.append("  session ", style="dim")
-            who.append(p.session_id[:12])
-        why = line()
-        why.append(p.reason or "the policy asks a person for this tool", style="italic")
-        args = line()
-        args.append("args ", style="dim")
-        args.append(json.dumps(p.arguments, ensure_ascii=False, default=str))
-        keys = line()
-        keys.append(" a ", style="bold reverse")
-        keys.append(" approve ")
-        keys.append(" d ", style="bold reverse")
-        keys.append(" deny ")
-        keys.append(" A ", style="bold reverse")
-        keys.append(" approve for session")
-        if len(pending) > 1:
-            keys.append("  ")
-            keys.append(" ] ", style="bold reverse")
-            keys.append(" next")
-        for part in (head, who, why, args, keys):
-            part.truncate(width, overflow="ellipsis")
-        t = Text("\n").join([head, who, why, args, keys])
-        t.no_wrap, t.overflow = True, "ellipsis"
-        self.update(t)
-
-    def step(self, pending: list[Any], delta: int) -> None:
-        ids = [p.approval_id for p in pending]
-        if not ids:
-            return
-        idx = ids.index(self.current_id) if self.current_id in ids else 0
-        self.current_id = ids[(idx + delta) % len(ids)]
-
-
 # -- status bar ----------------------------------------------------------------
 class StatusBar(Static):
-    """Listen URL, policy file and its state, calls per minute, denied, pending."""
+    """Pending, denied, calls per minute, the link to the gateway, listen URL, policy file and its state.
+
+    What a person must always see comes first and is never cut: pending
+    approvals, denials, the rate, and a lost link to the gateway; the URL is
+    shown whole when it fits; a policy error gets the room that is left.
+    """
 
     def show(self, *, url: str, policy: str, policy_error: str | None, calls_per_min: int,
-             denied: int, pending: int, dropped: int = 0) -> None:
+             denied: int, pending: int, dropped: int = 0, link: str | None = None) -> None:
+        width = self.size.width or 120
         t = Text(no_wrap=True, overflow="ellipsis")
-        if (self.size.width or 120) >= 100:
+        if width >= 100:
             t.append(" mcpguard ", style="bold reverse")
-        else:
-            url = url.removeprefix("http://")
-        t.append(f" {url} ", style="bold")
-        t.append("│ ", style="dim")
-        t.append(f"{policy} ")
-        if policy_error:
-            # keep the counts and pending in view: the error's line comes first, the rest may go
-            room = max(16, (self.size.width or 120) - 58)
-            err = policy_error if len(policy_error) <= room else policy_error[: room - 1] + "…"
-            t.append(f"✗ {err} ", style=f"bold {theme_color(self, 'error')}")
-        else:
-            t.append("ok ", style=theme_color(self, "success"))
-        t.append("│ ", style="dim")
-        t.append(f"{calls_per_min}/min ")
-        t.append("│ ", style="dim")
-        t.append(f"{denied} denied ", style=theme_color(self, "error") if denied else "")
-        t.append("│ ", style="dim")
+            t.append(" ")
         if pending:
             t.append(f" {pending} pending ", style=f"bold reverse {theme_color(self, 'pending')}")
         else:
             t.append("0 pending")
+        t.append(" │ ", style="dim")
+        t.append(f"{denied} denied", style=theme_color(self, "error") if denied else "")
+        t.append(" │ ", style="dim")
+        t.append(f"{calls_per_min}/min")
+        if link:
+            t.append(" │ ", style="dim")
+            t.append(f" {link} ", style=f"bold reverse {theme_color(self, 'error')}")
         if dropped:
             t.append(f" │ {dropped} events dropped", style=theme_color(self, "warning"))
+        t.append(" │ ", style="dim")
+        if t.cell_len + len(url) + 3 <= width or width >= 100:
+            t.append(url, style="bold")
+            if policy:
+                t.append(" │ ", style="dim")
+        if not policy:  # not started yet: nothing to say about a policy
+            pass
+        elif policy_error:
+            t.append(f"{policy} ")
+            room = max(12, width - t.cell_len - 3)
+            err = policy_error if len(policy_error) <= room else policy_error[: room - 1] + "…"
+            t.append(f"✗ {err}", style=f"bold {theme_color(self, 'error')}")
+        else:
+            t.append(f"{policy} ")
+            t.append("ok", style=theme_color(self, "success"))
         if t == getattr(self, "_shown", None):
             return
         self._shown = t

@@ -25,6 +25,7 @@ from mcpguard.approvals import Approvals
 from mcpguard.config import Config
 from mcpguard.events import EventBus, PolicyRejected, UpstreamState
 from mcpguard.gateway.auth import LoopbackOnly, with_grants
+from mcpguard.gateway.http import ControlFront
 from mcpguard.gateway.endpoint import Endpoint
 from mcpguard.gateway.http import GatewayApp, HttpServer
 from mcpguard.gateway.pipeline import CallPipeline
@@ -42,16 +43,28 @@ class Gateway:
 
     `Gateway(config, bus=None, interactive=True)`: `config` is a
     `mcpguard.config.Config` (from `load_config` or `Config.from_dict`).
-    `interactive=False` (headless `serve`) makes a call that needs approval
-    wait for its deadline or be denied at once, per `[gateway]
-    headless_approvals` (`"deny"` default, or `"wait"`).
+    `interactive=False` (headless `serve`): while no console is attached
+    (`attached`, counted on the control endpoint's event streams), a call
+    that needs approval is denied at once or waits for its deadline, per
+    `[gateway] headless_approvals` (`"deny"` default, or `"wait"`: a person
+    can attach and answer within the timeout).
+
+    The control endpoint (`/control`, `mcpguard.control_http`) serves
+    `control` (a `LocalControl`) to attached consoles, guarded by
+    `control_token` (from `[gateway] control_token_env`, else new at each
+    start), and `start()` writes its URL and token to `[gateway]
+    control_file` (0600).
 
     `await start()` loads policies, starts every server's shared upstream
     connection, binds the HTTP server (port 0 picks a free port) and writes
     `gateway.url_file`; `await stop()` denies pending approvals, closes
     sessions and stops upstream processes. Neither raises for a failing
     upstream: its `ServerHandle.state` says `restarting`/`down`. `start()`
-    raises `OSError` when the listen address cannot be bound.
+    raises `OSError` when the listen address cannot be bound, and
+    `mcpguard.telemetry.TelemetryUnavailable` when `[telemetry]` is on but
+    the OpenTelemetry SDK is not installed. With telemetry on
+    (`config.telemetry.enabled`), `telemetry` is the running
+    `mcpguard.telemetry.Telemetry` (spans, metrics; flushed by `stop()`).
 
     `servers[name]` is the `ServerHandle`; `pools[name]` its `UpstreamPool`;
     `pipelines[name]` its `CallPipeline`; `files` the `PolicyFiles` every
@@ -72,6 +85,7 @@ class Gateway:
         self.headless_approvals = gw.headless_approvals
         self.grants = dict(config.grants)
         self.audit: Any = None
+        self.telemetry: Any = None  # a mcpguard.telemetry.Telemetry while running, when [telemetry] is on
         self.servers: dict[str, ServerHandle] = {}
         self.pools: dict[str, UpstreamPool] = {}
         self.pipelines: dict[str, CallPipeline] = {}
@@ -81,15 +95,25 @@ class Gateway:
             allowed_hosts=[*_LOOPBACK_HOSTS, *([f"{self.host}:*"] if not gw.loopback else [])],
             allowed_origins=[*_LOOPBACK_ORIGINS, *gw.allowed_origins],
         )
+        self.attached = 0
         for name, sc in config.servers.items():
             h = ServerHandle(sc, self.bus)
             pool = UpstreamPool(h, on_session_closed=self._session_closed)
-            pipeline = CallPipeline(h, self.approvals, self.bus, interactive=interactive,
+            pipeline = CallPipeline(h, self.approvals, self.bus, interactive=self._someone_answers,
                                     headless_approvals=gw.headless_approvals)
             self.servers[name], self.pools[name], self.pipelines[name] = h, pool, pipeline
-            self.endpoints[name] = Endpoint(h, pool, pipeline, self.bus, security)
+            self.endpoints[name] = Endpoint(h, pool, pipeline, self.bus, security,
+                                            telemetry=config.telemetry.enabled)
+        import secrets
+
+        from mcpguard.control import LocalControl
+        from mcpguard.control_http import control_app
+
+        self.control = LocalControl(self)
+        self.control_token = gw.control_token or secrets.token_urlsafe(32)
         app: Any = GatewayApp(self.endpoints)
         app = with_grants(app, self.grants) if self.grants else LoopbackOnly(app)
+        app = ControlFront(app, control_app(self.control, self.control_token, on_attach=self._attach))
         self._http = HttpServer(app, self.host, self.port, read_timeout_s=gw.request_read_timeout_s)
         from mcpguard.reload import PolicyFiles
 
@@ -146,6 +170,11 @@ class Gateway:
         if self._started:
             return
         self._started = True
+        if self.config.telemetry.enabled:
+            from mcpguard.telemetry import Telemetry  # imported only when on: no cost when off
+
+            self.telemetry = Telemetry(self.config.telemetry, self.bus)
+            self.telemetry.start()  # TelemetryUnavailable when the SDK is not installed
         gw = self.config.gateway
         if gw.audit_log:
             from mcpguard.audit import AuditLog
@@ -175,9 +204,15 @@ class Gateway:
             p = Path(gw.url_file)
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(self.base_url + "\n", encoding="utf-8")
+        if gw.control_file:
+            from mcpguard.control_http import write_control_file
+
+            write_control_file(gw.control_file, self.base_url, self.control_token)
 
     async def stop(self) -> None:
-        """Deny pending approvals, close every session, stop upstream processes and the HTTP server."""
+        """Deny pending approvals, close every session, stop upstream processes and the HTTP server;
+        remove the control file when it is still this gateway's (it holds the token)."""
+        self._remove_control_file()
         self._watch_stop.set()
         if self._watch_task is not None:
             self._watch_task.cancel()
@@ -194,6 +229,10 @@ class Gateway:
         await asyncio.gather(*(pool.close() for pool in self.pools.values()), return_exceptions=True)
         for h in self.servers.values():
             h.set_state("down", "stopped")
+        if self.telemetry is not None:
+            # exports what is buffered: blocking HTTP for up to the exporter's timeout, so off the loop
+            await asyncio.to_thread(self.telemetry.shutdown)
+            self.telemetry = None
         if self._detach_audit is not None:
             self._detach_audit()
             self._detach_audit = None
@@ -202,6 +241,22 @@ class Gateway:
                 self.audit.close()
 
     # -- pieces ------------------------------------------------------------------
+    def _remove_control_file(self) -> None:
+        path = self.config.gateway.control_file
+        if not path or not self._bound_port:
+            return
+        from mcpguard.control_http import read_control_file
+
+        with contextlib.suppress(OSError, ValueError):
+            if read_control_file(path)[1] == self.control_token:  # not another gateway's, started since
+                Path(path).unlink()
+
+    def _someone_answers(self) -> bool:
+        return self.interactive or self.attached > 0
+
+    def _attach(self, delta: int) -> None:
+        self.attached = max(0, self.attached + delta)
+
     def _session_closed(self, sess: AgentSession) -> None:
         self.approvals.forget_session(sess.session_id)
 

@@ -148,6 +148,21 @@ def _check_notification(ep: Any, scope: Scope, body: bytes) -> None:
         ep.malformed_post(scope, decoded, "a request sent as a notification (no id) is never forwarded")
 
 
+class ControlFront:
+    """ASGI app: `/control/...` to the control endpoint (its own token guard), everything else to `mcp`."""
+
+    def __init__(self, mcp: ASGIApp, control: ASGIApp) -> None:
+        self.mcp = mcp
+        self.control = control
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path == "/control" or path.startswith("/control/"):
+            await self.control(scope, receive, send)
+        else:
+            await self.mcp(scope, receive, send)
+
+
 # ---------------------------------------------------------------------------
 # the HTTP server
 

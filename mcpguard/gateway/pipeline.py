@@ -76,13 +76,13 @@ class CallPipeline:
 
     - `handle`: the server's `ServerHandle` (policy, counters, risk, changed tools).
     - `approvals`: the gateway's `Approvals` queue; `bus`: its `EventBus`.
-    - `interactive`: a console can answer approvals; when False,
-      `headless_approvals` (`"deny"` or `"wait"`) says what a call that
-      needs one gets.
+    - `interactive`: whether a console can answer approvals now (a bool, or
+      a function asked at each call); when not, `headless_approvals`
+      (`"deny"` or `"wait"`) says what a call that needs one gets.
     """
 
-    def __init__(self, handle: ServerHandle, approvals: Approvals, bus: EventBus, *, interactive: bool = True,
-                 headless_approvals: str = "deny") -> None:
+    def __init__(self, handle: ServerHandle, approvals: Approvals, bus: EventBus, *,
+                 interactive: bool | Callable[[], bool] = True, headless_approvals: str = "deny") -> None:
         self.handle = handle
         self.approvals = approvals
         self.bus = bus
@@ -190,7 +190,8 @@ class CallPipeline:
     async def _approval(self, call: Call, decision: Decision, risk: Any, t0: float,
                         on_wait: OnWait | None) -> Resolution | dict[str, Any]:
         """Hold `call` for a person. Returns the approving `Resolution`, or the refusal to answer with (recorded)."""
-        if not self.interactive and self.headless_approvals != "wait":
+        interactive = self.interactive() if callable(self.interactive) else self.interactive
+        if not interactive and self.headless_approvals != "wait":
             return self._refuse(call, Code.APPROVAL_DENIED,
                                 "this call needs a person's approval and no console is attached "
                                 "(headless_approvals = \"deny\")", decision.rule, t0)

@@ -107,19 +107,23 @@ def set_max(text: str, fmt: str, *, tool: str | None = None, counter: str | None
 
     With `counter`, every limit naming that counter (in `tools.*.limits`
     and `all_tools.limits`) changes, since the name is the counter's
-    identity. With only `tool`, that tool's first limit changes. Give
-    either `delta` (added, the result never below 1) or `value`.
-    Raises EditError when no such limit exists.
+    identity. With only `tool`, that tool's first limit changes, and with
+    it every other limit sharing its counter (a shared counter defined
+    two ways is a policy the loader refuses). Give either `delta` (added,
+    the result never below 1) or `value`. Raises EditError when no such
+    limit exists.
     """
     if (delta is None) == (value is None):
         raise ValueError("give exactly one of delta or value")
 
     def apply(doc: Any) -> None:
-        targets = []
-        for entry in _limits_named(doc, counter) if counter else _tool_limits(doc, tool):
-            targets.append(entry)
-            if not counter:
-                break
+        name = counter
+        if not name:
+            first = _tool_limits(doc, tool)[:1]
+            name = first[0].get("counter") if first and isinstance(first[0].get("counter"), str) else None
+            targets = _limits_named(doc, name) if name else first
+        else:
+            targets = _limits_named(doc, name)
         if not targets:
             what = f"counter {counter!r}" if counter else f"tool {tool!r}"
             raise EditError(f"no limit to change: {what} has no limits in this policy")

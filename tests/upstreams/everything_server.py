@@ -4,8 +4,9 @@ It uses every MCP feature the gateway must forward: tools with
 `outputSchema` and `$defs`, progress, logging, resources (list, read,
 templates, subscribe/unsubscribe, `resources/updated`), prompts, completion,
 sampling, elicitation, roots, `list_changed`, a slow tool for cancellation,
-a tool that hangs, a tool that raises a JSON-RPC error, and a tool that makes
-the process exit.
+a tool that hangs, a tool that raises a JSON-RPC error, a tool that makes
+the process exit, and `meta`, which answers with the `_meta` it received
+(what the gateway passed on: `traceparent`, the envelope).
 
 It serves both MCP eras, as the SDK does (the client's first request picks
 one): on a 2026-07-28 connection `sample`, `elicit` and `roots` answer with
@@ -42,6 +43,7 @@ STATE: dict[str, Any] = {
     "mutated": False,
     "calls": 0,
     "states": [],
+    "by_tool": {},  # tools/call requests that reached this server, by tool name
 }
 BUS = InMemorySubscriptionBus()
 
@@ -101,6 +103,8 @@ def _tools() -> list[dict[str, Any]]:
         {"name": "touch", "description": "Send resources/updated for a uri.",
          "inputSchema": {"type": "object", "properties": {"uri": {"type": "string"}}}},
         {"name": "status", "description": "Server state.", "inputSchema": obj},
+        {"name": "meta", "description": "The request's _meta as this server received it, as JSON.",
+         "inputSchema": obj},
     ]
     return tools
 
@@ -138,6 +142,7 @@ async def _call_tool(ctx, params: types.CallToolRequestParams) -> Any:
     STATE["calls"] += 1
     args = params.arguments or {}
     name = params.name
+    STATE["by_tool"][name] = STATE["by_tool"].get(name, 0) + 1
     related = ServerMessageMetadata(related_request_id=ctx.request_id)
     if name == "echo":
         return _text(str(args.get("text", "")))
@@ -224,7 +229,12 @@ async def _call_tool(ctx, params: types.CallToolRequestParams) -> Any:
             await ctx.session.send_resource_updated(uri)
         return _text("touched")
     if name == "status":
-        return _text(repr({k: STATE[k] for k in ("cancelled", "subscriptions", "log_level", "calls", "states")}))
+        return _text(repr({k: STATE[k] for k in ("cancelled", "subscriptions", "log_level", "calls", "states",
+                                                 "by_tool")}))
+    if name == "meta":
+        import json
+
+        return _text(json.dumps(dict(ctx.meta or {}), default=str))
     raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
 
 

@@ -67,9 +67,9 @@ _GATEWAY_KEYS = {"call_timeout_s": "call_timeout", "session_idle_timeout_s": "se
 
 def make_config(tmp: Path, servers: list[ServerCfg | Mapping[str, Any]], *,
                 grants: Mapping[str, Mapping[str, str]] | None = None, environ: Mapping[str, str] | None = None,
-                **gw: Any) -> Config:
+                telemetry: Mapping[str, Any] | None = None, **gw: Any) -> Config:
     """A real `Config`: `[gateway]` from `gw` (port 0, no audit log, no url file unless given), the servers,
-    `[grants.NAME]` tables from `grants`; relative paths resolve against `tmp`."""
+    `[grants.NAME]` tables from `grants`, the `[telemetry]` table; relative paths resolve against `tmp`."""
     gateway: dict[str, Any] = {"port": 0, "audit_log": "", "url_file": "", "call_timeout": 30}
     for key, value in gw.items():
         gateway[_GATEWAY_KEYS.get(key, key)] = "" if value is None else value
@@ -82,6 +82,8 @@ def make_config(tmp: Path, servers: list[ServerCfg | Mapping[str, Any]], *,
             doc["servers"][entry.pop("name")] = {k: v for k, v in entry.items() if v is not None}
     if grants:
         doc["grants"] = {name: dict(g) for name, g in grants.items()}
+    if telemetry is not None:
+        doc["telemetry"] = dict(telemetry)
     return Config.from_dict(doc, base_dir=tmp, environ=environ)
 
 
