@@ -7,7 +7,11 @@ realistic arguments, from 8 grants, on a simulated clock of 100 calls per
 second, so counters fill, slide and rate-limit as in a busy session. One
 process, one core. Goal (issue 2): >= 100,000 decisions per second.
 
-    .venv/bin/python bench/bench_policy.py [--seconds 3]
+It also times loading: `parse_policy` of the sample's TOML and JSON forms
+(parse, validate, build the `Policy`; the file read is left out), median of
+`--loads` runs.
+
+    .venv/bin/python bench/bench_policy.py [--seconds 3] [--loads 200]
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from mcpguard.call import Call
-from mcpguard.policy import evaluate, load_policy
+from mcpguard.policy import evaluate, load_policy, parse_policy
 from mcpguard.ratelimit import Counters
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,9 +61,23 @@ def evaluate_only(policy, work, seconds: float) -> float:
     return n / (time.perf_counter() - start)
 
 
+def load_ms(fmt: str, runs: int) -> float:
+    """Median milliseconds of one `parse_policy` of the sample policy in `fmt` (`toml` or `json`)."""
+    name = f"mlflow.{fmt}"
+    text = (ROOT / "sample_policies" / name).read_text(encoding="utf-8")
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        parse_policy(text, fmt, name)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2] * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="how long to run (wall clock)")
+    parser.add_argument("--loads", type=int, default=200, help="parse_policy runs per format (median)")
     ns = parser.parse_args()
     policy = load_policy(ROOT / "sample_policies" / "mlflow.toml")
     counters = Counters("mlflow")
@@ -85,6 +103,8 @@ def main() -> None:
     print("outcomes: " + ", ".join(f"{k} {v}" for k, v in outcomes.most_common()))
     print("goal >= 100,000/s: " + ("met" if rate >= 100_000 else "NOT met"))
     print(f"evaluate alone (no counters): {evaluate_only(policy, work, ns.seconds / 3):,.0f} decisions/s")
+    print(f"parse_policy of the sample (median of {ns.loads}): mlflow.toml {load_ms('toml', ns.loads):.2f} ms, "
+          f"mlflow.json {load_ms('json', ns.loads):.2f} ms")
 
 
 if __name__ == "__main__":

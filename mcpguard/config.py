@@ -76,26 +76,49 @@ Rules:
   turns it off in every case (OpenTelemetry SDK environment variables).
 - Unknown keys are errors. Every problem is reported at once in a
   `ConfigError`, each as `file:line: key: message`.
+
+Each table is validated by a pydantic model of what may be written there
+(`GatewayTable`, `ConsoleTable`, `TelemetryTable`, `ServerTable`,
+`GrantTable`, `ConfigFile`; shared parts in `mcpguard.validation`), and the
+records below are filled from the validated tables by field name. A new key is one field on its
+table's model (type, default, and a `Says` if its problems need their own
+words) and the attribute of that name on the record readers use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, StrictInt, StrictStr, ValidationError, \
+    ValidationInfo, model_validator
+from pydantic_core import InitErrorDetails
 
 from mcpguard.audit import DEFAULT_MAX_VALUE_BYTES as DEFAULT_AUDIT_MAX_VALUE_BYTES
 from mcpguard.audit import MIN_MAX_VALUE_BYTES as MIN_AUDIT_MAX_VALUE_BYTES
-from mcpguard.durations import parse_duration
+from mcpguard.validation import (
+    Duration,
+    RuledTable,
+    Says,
+    Seen,
+    Text,
+    explain,
+    field_metadata,
+    found,
+    keys_of,
+    kind_of,
+    problem,
+)
 
 DEFAULT_PORT = 8765
 HEADLESS_APPROVALS = ("deny", "wait")
@@ -105,10 +128,6 @@ UPSTREAM_SESSIONS = ("per_session", "shared")
 DEFAULT_MAX_SESSIONS = {"shared": 1000, "per_session": 16}
 DEFAULT_SESSION_IDLE_TIMEOUT_S = 600.0
 DEFAULT_REQUEST_READ_TIMEOUT_S = 10.0
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 # -- errors ---------------------------------------------------------------------
@@ -323,7 +342,7 @@ class Config:
         """
         file = str(path) if path else "<config>"
         base = Path(base_dir) if base_dir is not None else (Path(path).parent if path else Path.cwd())
-        return _Builder(file, base.resolve(), None, environ).build(data, Path(path).resolve() if path else None)
+        return _load(data, file, base.resolve(), None, environ, Path(path).resolve() if path else None)
 
 
 # -- loading ----------------------------------------------------------------------------
@@ -365,22 +384,282 @@ def parse_config(text: str, path: str | os.PathLike[str] = "mcpguard.toml", *,
 
     positions = toml_positions(text)
     p = Path(path).resolve()
-    return _Builder(file, p.parent, positions, environ).build(doc, p)
+    return _load(doc, file, p.parent, positions, environ, p)
 
 
-# -- validation ----------------------------------------------------------------------------
+# -- the file's tables ------------------------------------------------------------------------
+#
+# Each table of mcpguard.toml is a pydantic model of the keys it may hold, in the
+# order "unknown key (known: ...)" lists them. A field's alias is its key in the
+# file when the record's attribute says its unit (`call_timeout` -> `call_timeout_s`).
+# Records are filled from the tables by field name (`_record`), paths resolved.
 
-_GATEWAY_KEYS = ("host", "port", "url_file", "control_file", "control_token_env", "audit_log", "audit_fsync", "redact_keys", "audit_max_value_bytes",
-                 "headless_approvals", "call_timeout", "allowed_origins", "max_sessions", "session_idle_timeout",
-                 "request_read_timeout", "approve_for_session_ttl")
-_CONSOLE_KEYS = ("theme", "max_rows")
-_TELEMETRY_KEYS = ("otlp_endpoint", "service_name")
-_STDIO_KEYS = ("command", "args", "env", "cwd", "stderr_log")
-_HTTP_KEYS = ("url", "headers")
-_SERVER_KEYS = ("name", "policy", "call_timeout", "upstream_sessions", "max_sessions", "session_idle_timeout",
-                *_STDIO_KEYS, *_HTTP_KEYS)
-_GRANT_KEYS = ("token_env", "token_sha256")
-_MISSING = object()
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_STDIO_ONLY = ("args", "env", "cwd", "stderr_log")
+
+
+class _IsPath:
+    """Field metadata: a path as written, resolved against the config's folder in the record ('' is None)."""
+
+    def __repr__(self) -> str:
+        return "IS_PATH"
+
+
+IS_PATH = _IsPath()
+
+
+def _resolve(base: Path, written: str | None) -> Path | None:
+    if not written:
+        return None
+    p = Path(os.path.expanduser(written))
+    return p if p.is_absolute() else base / p
+
+
+def _number_as_text(value: Any) -> Any:
+    # the environment holds strings only, so `RETRIES = 0` means "0"
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _expanded(value: str, info: ValidationInfo) -> str:
+    environ = info.context["environ"]
+    missing: list[str] = []
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        got = environ.get(name)
+        if got is None or (got == "" and default is not None):
+            if default is not None:
+                return default
+            missing.append(name)
+            return ""
+        return got
+
+    out = _VAR.sub(sub, value)
+    if missing:
+        raise ValidationError.from_exception_data("env", [
+            found((), "env_unset", f"environment variable {name} is not set (write ${{{name}:-default}} for a default)",
+                  input=value) for name in missing])
+    return out
+
+
+def _origin(origin: str) -> str:
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        raise problem("origin", f"{origin!r} is not an origin like 'https://example.com' or 'http://host:port'")
+    return origin.rstrip("/")
+
+
+def _no_file_there(written: str, info: ValidationInfo) -> str:
+    p = _resolve(info.context["base"], written)
+    if p is not None and p.exists() and not p.is_dir():
+        raise problem("not_a_folder", f"{p} is not a folder")
+    return written
+
+
+def _from_environment(name: str, info: ValidationInfo) -> str | None:
+    if not name:
+        return None
+    if not _ENV_NAME.match(name):
+        raise problem("env_name", f"{name!r} is not an environment variable name")
+    value = info.context["environ"].get(name)
+    if not value:
+        raise problem("env_unset", f"environment variable {name} is not set (or empty)")
+    return value
+
+
+def _otlp_endpoint(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise problem("url", f"{url!r} is not an http:// or https:// URL "
+                             "(an OTLP/HTTP collector, e.g. 'http://127.0.0.1:4318')")
+    return url
+
+
+def _server_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise problem("name", "a server name may hold only letters, digits, '_', '.', '-' (it is part of the URL "
+                              "/mcp/NAME)")
+    return name
+
+
+def _grant_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise problem("name", "a grant name may hold only letters, digits, '_', '.', '-'")
+    return name
+
+
+def _whole(what: str, least: int = 1, note: str = "") -> Says:
+    return Says(f"must be a whole number of {what}, {least} or more{note}, not {{input!r}}")
+
+
+Port = Annotated[StrictInt, Field(ge=0, le=65535), Says("must be a port number 0-65535 (0: any free port), not {input!r}")]
+SessionCap = Annotated[StrictInt, Field(ge=1), _whole("sessions")]
+RowCap = Annotated[StrictInt, Field(ge=1), _whole("rows")]
+AuditCap = Annotated[StrictInt, Field(ge=MIN_AUDIT_MAX_VALUE_BYTES),
+                     _whole("bytes", MIN_AUDIT_MAX_VALUE_BYTES, " (65536 is 64 KiB)")]
+Switch = Annotated[StrictBool, Says("must be true or false")]
+Strings = Annotated[tuple[Annotated[StrictStr, Says("must be a list of strings")], ...], Says("must be a list of strings")]
+FilePath = Annotated[StrictStr, IS_PATH, Says("must be a path string, not {kind}", when=("string_type",))]
+Folder = Annotated[FilePath, AfterValidator(_no_file_there)]
+Origin = Annotated[StrictStr, AfterValidator(_origin), Says("must be a list of strings", when=("string_type",))]
+Origins = Annotated[tuple[Origin, ...], Says("must be a list of strings", when=("tuple_type",))]
+Expanded = Annotated[StrictStr, BeforeValidator(_number_as_text), AfterValidator(_expanded)]
+"""An `env` or `headers` value: `${VAR}`, `${VAR:-default}` expanded from the environment, `$$` a `$`."""
+SecretFromEnv = Annotated[StrictStr, AfterValidator(_from_environment)]
+"""The value of the environment variable a key names ('' names none: None); never kept in a repr."""
+ServerName = Annotated[StrictStr, AfterValidator(_server_name)]
+GrantName = Annotated[StrictStr, AfterValidator(_grant_name)]
+
+
+class _ConfigTable(RuledTable):
+    """A table of mcpguard.toml; a known key given None is absent (`Config.from_dict` callers write it so)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_is_absent(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            known = keys_of(cls)
+            return {k: v for k, v in data.items() if v is not None or k not in known}
+        return data
+
+
+class GatewayTable(_ConfigTable):
+    """`[gateway]` as written (see `GatewayConfig`)."""
+
+    host: Text = "127.0.0.1"
+    port: Port = DEFAULT_PORT
+    url_file: FilePath = ".mcpguard/url"
+    control_file: FilePath = ".mcpguard/control.json"
+    control_token: SecretFromEnv = Field(None, alias="control_token_env", repr=False)
+    audit_log: FilePath = ".mcpguard/audit.jsonl"
+    audit_fsync: Switch = False
+    redact_keys: Strings = ()
+    audit_max_value_bytes: AuditCap = DEFAULT_AUDIT_MAX_VALUE_BYTES
+    headless_approvals: Literal[HEADLESS_APPROVALS] = "deny"
+    call_timeout_s: Duration = Field(60.0, alias="call_timeout")
+    allowed_origins: Origins = ()
+    max_sessions: SessionCap | None = None
+    session_idle_timeout_s: Duration = Field(DEFAULT_SESSION_IDLE_TIMEOUT_S, alias="session_idle_timeout")
+    request_read_timeout_s: Duration = Field(DEFAULT_REQUEST_READ_TIMEOUT_S, alias="request_read_timeout")
+    approve_for_session_ttl_s: Duration = Field(3600.0, alias="approve_for_session_ttl")
+
+
+class ConsoleTable(_ConfigTable):
+    """`[console]` as written (see `ConsoleConfig`)."""
+
+    theme: Text = "mcpguard-dark"
+    max_rows: RowCap = 2000
+
+
+class TelemetryTable(_ConfigTable):
+    """`[telemetry]` as written (see `TelemetryConfig`; `enabled` is decided from it and the environment)."""
+
+    otlp_endpoint: Annotated[Text, AfterValidator(_otlp_endpoint)] | None = None
+    service_name: Text | None = None
+
+
+class ServerTable(_ConfigTable):
+    """`[servers.NAME]` as written (see `ServerConfig`): a stdio (`command`) or Streamable HTTP (`url`) upstream."""
+
+    name: StrictStr | None = None
+    policy: FilePath | None = None
+    call_timeout_s: Duration | None = Field(None, alias="call_timeout")
+    upstream_sessions: Literal[UPSTREAM_SESSIONS] = "per_session"
+    max_sessions: SessionCap | None = None
+    session_idle_timeout_s: Duration | None = Field(None, alias="session_idle_timeout")
+    command: Text | None = None
+    args: Strings = ()
+    env: dict[StrictStr, Expanded] = Field(default={}, repr=False)  # may hold credentials
+    cwd: Folder | None = None
+    stderr_log: FilePath | None = None
+    url: Text | None = None
+    headers: dict[StrictStr, Expanded] = Field(default={}, repr=False)
+
+    @classmethod
+    def rules(cls, seen: Seen, context: Mapping[str, Any]) -> Iterator[InitErrorDetails]:
+        """One transport: `command` (stdio, with its stdio keys) or an http(s) `url` (with `headers`)."""
+        command, url, data = seen.ok("command"), seen.ok("url"), seen.data
+        if command is not None and url is not None:
+            yield found((), "transport", "give either command (stdio) or url (Streamable HTTP), not both")
+        elif command is None and url is None:
+            if data.get("command") is None and data.get("url") is None:
+                yield found((), "transport", "give command (a stdio upstream) or url (a Streamable HTTP upstream)")
+        elif url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                yield found(("url",), "url", f"{url!r} is not an http:// or https:// URL", input=url)
+            for key in _STDIO_ONLY:
+                if data.get(key) is not None:
+                    yield found((key,), "stdio_only", f"{key} is for stdio upstreams (command); this one has url")
+        if (url is None or command is not None) and data.get("headers") is not None:
+            yield found(("headers",), "http_only", "headers are for Streamable HTTP upstreams (url); this one has command")
+
+
+class GrantTable(_ConfigTable):
+    """`[grants.NAME]` as written (see `GrantConfig`): `token_env` or `token_sha256`."""
+
+    token_env: Text | None = None
+    token_sha256: Text | None = None
+
+    @classmethod
+    def rules(cls, seen: Seen, context: Mapping[str, Any]) -> Iterator[InitErrorDetails]:
+        """Exactly one of the two keys; a digest of 64 hex digits; a variable that is set."""
+        env, hexd, data = seen.ok("token_env"), seen.ok("token_sha256"), seen.data
+        if env is not None and hexd is not None or data.get("token_env") is None and data.get("token_sha256") is None:
+            yield found((), "token", "give either token_env (an environment variable holding the token) "
+                                     "or token_sha256 (the token's SHA-256 hex digest)" + (", not both" if env else ""))
+        elif hexd is not None:
+            if not _HEX64.match(hexd):
+                yield found(("token_sha256",), "hex", "must be 64 hex digits (e.g. the output of sha256sum)")
+        elif env is not None:
+            if not _ENV_NAME.match(env):
+                yield found(("token_env",), "env_name", f"{env!r} is not an environment variable name")
+            elif not context["environ"].get(env):
+                yield found(("token_env",), "env_unset", f"environment variable {env} is not set (or empty)")
+
+
+class ConfigFile(_ConfigTable):
+    """A whole mcpguard.toml as written: its sections (see `Config`)."""
+
+    gateway: GatewayTable = Field(default_factory=GatewayTable)
+    console: ConsoleTable = Field(default_factory=ConsoleTable)
+    servers: dict[ServerName, ServerTable] = {}
+    grants: dict[GrantName, GrantTable] = {}
+    telemetry: TelemetryTable = Field(default_factory=TelemetryTable)
+
+    @classmethod
+    def rules(cls, seen: Seen, context: Mapping[str, Any]) -> Iterator[InitErrorDetails]:
+        """A server entry's own `name` is its key's; a token names one grant."""
+        servers, grants = seen.data.get("servers"), seen.data.get("grants")
+        for name, entry in servers.items() if isinstance(servers, Mapping) else ():
+            if isinstance(entry, Mapping) and not seen.bad("servers", name, "name"):
+                if entry.get("name") is not None and entry["name"] != name:
+                    yield found(("servers", name, "name"), "name",
+                                f"{entry['name']!r} differs from the table's name {name!r}")
+        first: dict[bytes, str] = {}
+        for name, entry in grants.items() if isinstance(grants, Mapping) else ():
+            if not isinstance(entry, Mapping):
+                continue
+            env = None if seen.bad("grants", name, "token_env") else entry.get("token_env")
+            hexd = None if seen.bad("grants", name, "token_sha256") else entry.get("token_sha256")
+            digest = None if (env is None) == (hexd is None) else _token_digest(env, hexd, context["environ"])
+            if digest is not None:  # else the grant's own problem is reported
+                other = first.setdefault(digest, name)
+                if other != name:
+                    yield found(("grants", name), "same_token",
+                                f"has the same token as grants.{other}; a token must name one grant")
+
+
+def _token_digest(token_env: str | None, token_sha256: str | None, environ: Mapping[str, str]) -> bytes | None:
+    if token_sha256:
+        return bytes.fromhex(token_sha256)
+    token = environ.get(token_env or "")
+    return hashlib.sha256(token.encode("utf-8")).digest() if token else None
 
 
 def _is_loopback(host: str) -> bool:
@@ -392,327 +671,123 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class _Builder:
-    def __init__(self, file: str, base: Path, positions: Any, environ: Mapping[str, str] | None) -> None:
-        self.file = file
-        self.base = base
-        self.positions = positions
-        self.environ = os.environ if environ is None else environ
-        self.issues: list[ConfigIssue] = []
-
-    # -- helpers ---------------------------------------------------------
-    def err(self, path: tuple[str, ...], message: str) -> None:
-        line = self.positions.locate(path)[0] if self.positions is not None else 0
-        self.issues.append(ConfigIssue(self.file, line, ".".join(path), message))
-
-    def table(self, value: Any, path: tuple[str, ...]) -> dict[str, Any] | None:
-        if value is _MISSING or value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            self.err(path, f"must be a table, not {_typename(value)}")
-            return None
-        return dict(value)
-
-    def unknown(self, table: Mapping[str, Any], path: tuple[str, ...], allowed: tuple[str, ...]) -> None:
-        for key in table:
-            if key not in allowed:
-                self.err((*path, key), f"unknown key (known: {', '.join(allowed)})")
-
-    def string(self, table: Mapping[str, Any], path: tuple[str, ...], key: str, default: Any = None,
-               nonempty: bool = True) -> Any:
-        v = table.get(key)
-        if v is None:
-            return default
-        if not isinstance(v, str):
-            self.err((*path, key), f"must be a string, not {_typename(v)}")
-            return default
-        if nonempty and not v.strip():
-            self.err((*path, key), "must not be empty")
-            return default
-        return v
-
-    def strings(self, table: Mapping[str, Any], path: tuple[str, ...], key: str) -> tuple[str, ...]:
-        v = table.get(key)
-        if v is None:
-            return ()
-        if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
-            self.err((*path, key), "must be a list of strings")
-            return ()
-        return tuple(v)
-
-    def duration(self, table: Mapping[str, Any], path: tuple[str, ...], key: str, default: float) -> float:
-        v = table.get(key)
-        if v is None:
-            return default
-        try:
-            seconds = parse_duration(v)
-        except ValueError as exc:
-            self.err((*path, key), str(exc))
-            return default
-        if seconds <= 0:
-            self.err((*path, key), "must be more than 0 seconds")
-            return default
-        return seconds
-
-    def secret_from_env(self, table: Mapping[str, Any], path: tuple[str, ...], key: str) -> str | None:
-        name = self.string(table, path, key, None, nonempty=False)
-        if not name:
-            return None
-        if not _ENV_NAME.match(name):
-            self.err((*path, key), f"{name!r} is not an environment variable name")
-            return None
-        value = self.environ.get(name)
-        if not value:
-            self.err((*path, key), f"environment variable {name} is not set (or empty)")
-            return None
-        return value
-
-    def count(self, table: Mapping[str, Any], path: tuple[str, ...], key: str, what: str) -> int | None:
-        v = table.get(key)
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            self.err((*path, key), f"must be a whole number of {what}, 1 or more, not {v!r}")
-            return None
-        return v
-
-    def path_of(self, table: Mapping[str, Any], path: tuple[str, ...], key: str, default: str | None) -> Path | None:
-        v = table.get(key, _MISSING)
-        if v is _MISSING or v is None:
-            v = default
-        elif not isinstance(v, str):
-            self.err((*path, key), f"must be a path string, not {_typename(v)}")
-            return None
-        if v is None or v == "":
-            return None
-        p = Path(os.path.expanduser(v))
-        return p if p.is_absolute() else self.base / p
-
-    def expand(self, value: Any, path: tuple[str, ...]) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            self.err(path, f"must be a string, not {_typename(value)}")
-            return None
-        if not isinstance(value, str):
-            return str(value)
-        missing: list[str] = []
-
-        def sub(m: re.Match[str]) -> str:
-            if m.group(0) == "$$":
-                return "$"
-            name, default = m.group(1), m.group(2)
-            got = self.environ.get(name)
-            if got is None or (got == "" and default is not None):
-                if default is not None:
-                    return default
-                missing.append(name)
-                return ""
-            return got
-
-        out = _VAR.sub(sub, value)
-        for name in missing:
-            self.err(path, f"environment variable {name} is not set (write ${{{name}:-default}} for a default)")
-        return out if not missing else None
-
-    def mapping(self, table: Mapping[str, Any], path: tuple[str, ...], key: str) -> dict[str, str]:
-        v = self.table(table.get(key, _MISSING), (*path, key))
-        out: dict[str, str] = {}
-        for k, val in (v or {}).items():
-            expanded = self.expand(val, (*path, key, k))
-            if expanded is not None:
-                out[str(k)] = expanded
-        return out
-
-    # -- sections --------------------------------------------------------
-    def build(self, data: Any, path: Path | None) -> Config:
-        if not isinstance(data, Mapping):
-            raise ConfigError([ConfigIssue(self.file, 0, "", "the config must be a table")])
-        self.unknown(data, (), ("gateway", "console", "servers", "grants", "telemetry"))
-        gateway = self.gateway(self.table(data.get("gateway", _MISSING), ("gateway",)) or {})
-        console = self.console(self.table(data.get("console", _MISSING), ("console",)) or {})
-        telemetry = self.telemetry(self.table(data.get("telemetry", _MISSING), ("telemetry",)) or {})
-        servers: dict[str, ServerConfig] = {}
-        for name, entry in (self.table(data.get("servers", _MISSING), ("servers",)) or {}).items():
-            server = self.server(str(name), entry, gateway)
-            if server is not None:
-                servers[server.name] = server
-        grants: dict[str, GrantConfig] = {}
-        for name, entry in (self.table(data.get("grants", _MISSING), ("grants",)) or {}).items():
-            grant = self.grant(str(name), entry)
-            if grant is not None:
-                grants[grant.name] = grant
-        self.duplicate_tokens(grants)
-        if self.issues:
-            raise ConfigError(self.issues)
-        return Config(path=path, gateway=gateway, console=console, servers=servers, grants=grants,
-                      telemetry=telemetry)
-
-    def gateway(self, t: dict[str, Any]) -> GatewayConfig:
-        P = ("gateway",)
-        self.unknown(t, P, _GATEWAY_KEYS)
-        host = self.string(t, P, "host", "127.0.0.1")
-        port = t.get("port", DEFAULT_PORT)
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            self.err((*P, "port"), f"must be a port number 0-65535 (0: any free port), not {port!r}")
-            port = DEFAULT_PORT
-        fsync = t.get("audit_fsync", False)
-        if not isinstance(fsync, bool):
-            self.err((*P, "audit_fsync"), "must be true or false")
-            fsync = False
-        cap = t.get("audit_max_value_bytes", DEFAULT_AUDIT_MAX_VALUE_BYTES)
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < MIN_AUDIT_MAX_VALUE_BYTES:
-            self.err((*P, "audit_max_value_bytes"),
-                     f"must be a whole number of bytes, {MIN_AUDIT_MAX_VALUE_BYTES} or more "
-                     f"(65536 is 64 KiB), not {cap!r}")
-            cap = DEFAULT_AUDIT_MAX_VALUE_BYTES
-        headless = self.string(t, P, "headless_approvals", "deny")
-        if headless not in HEADLESS_APPROVALS:
-            self.err((*P, "headless_approvals"), f"{headless!r} is not one of deny, wait")
-            headless = "deny"
-        origins = self.strings(t, P, "allowed_origins")
-        for i, origin in enumerate(origins):
-            parts = urlsplit(origin)
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
-                self.err((*P, "allowed_origins"),
-                         f"item {i}: {origin!r} is not an origin like 'https://example.com' or 'http://host:port'")
-        return GatewayConfig(
-            host=host,
-            port=port,
-            url_file=self.path_of(t, P, "url_file", ".mcpguard/url"),
-            control_file=self.path_of(t, P, "control_file", ".mcpguard/control.json"),
-            control_token=self.secret_from_env(t, P, "control_token_env"),
-            audit_log=self.path_of(t, P, "audit_log", ".mcpguard/audit.jsonl"),
-            audit_fsync=fsync,
-            redact_keys=self.strings(t, P, "redact_keys"),
-            audit_max_value_bytes=cap,
-            headless_approvals=headless,
-            call_timeout_s=self.duration(t, P, "call_timeout", 60.0),
-            allowed_origins=tuple(o.rstrip("/") for o in origins),
-            max_sessions=self.count(t, P, "max_sessions", "sessions"),
-            approve_for_session_ttl_s=self.duration(t, P, "approve_for_session_ttl", 3600.0),
-            session_idle_timeout_s=self.duration(t, P, "session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT_S),
-            request_read_timeout_s=self.duration(t, P, "request_read_timeout", DEFAULT_REQUEST_READ_TIMEOUT_S),
-        )
-
-    def console(self, t: dict[str, Any]) -> ConsoleConfig:
-        P = ("console",)
-        self.unknown(t, P, _CONSOLE_KEYS)
-        rows = t.get("max_rows", 2000)
-        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-            self.err((*P, "max_rows"), f"must be a whole number of rows, 1 or more, not {rows!r}")
-            rows = 2000
-        return ConsoleConfig(theme=self.string(t, P, "theme", "mcpguard-dark"), max_rows=rows)
-
-    def telemetry(self, t: dict[str, Any]) -> TelemetryConfig:
-        P = ("telemetry",)
-        self.unknown(t, P, _TELEMETRY_KEYS)
-        endpoint = self.string(t, P, "otlp_endpoint")
-        if endpoint is not None:
-            parts = urlsplit(endpoint)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                self.err((*P, "otlp_endpoint"), f"{endpoint!r} is not an http:// or https:// URL "
-                                                 "(an OTLP/HTTP collector, e.g. 'http://127.0.0.1:4318')")
-                endpoint = None
-        return TelemetryConfig(otlp_endpoint=endpoint, service_name=self.string(t, P, "service_name"),
-                               enabled=telemetry_enabled(endpoint, self.environ))
-
-    def server(self, name: str, entry: Any, gateway: GatewayConfig) -> ServerConfig | None:
-        P = ("servers", name)
-        n0 = len(self.issues)
-        if not _NAME.match(name):
-            self.err(P, "a server name may hold only letters, digits, '_', '.', '-' (it is part of the URL /mcp/NAME)")
-        t = self.table(entry, P)
-        if t is None:
-            return None
-        self.unknown(t, P, _SERVER_KEYS)
-        if t.get("name") is not None and t.get("name") != name:
-            self.err((*P, "name"), f"{t.get('name')!r} differs from the table's name {name!r}")
-        command = self.string(t, P, "command")
-        url = self.string(t, P, "url")
-        transport = "stdio"
-        if command is not None and url is not None:
-            self.err(P, "give either command (stdio) or url (Streamable HTTP), not both")
-        elif command is None and url is None:
-            if "command" not in t and "url" not in t:
-                self.err(P, "give command (a stdio upstream) or url (a Streamable HTTP upstream)")
-        elif url is not None:
-            transport = "http"
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                self.err((*P, "url"), f"{url!r} is not an http:// or https:// URL")
-            for key in _STDIO_KEYS[1:]:
-                if t.get(key) is not None:
-                    self.err((*P, key), f"{key} is for stdio upstreams (command); this one has url")
-        if transport == "stdio" and t.get("headers") is not None:
-            self.err((*P, "headers"), "headers are for Streamable HTTP upstreams (url); this one has command")
-        if command is not None and ("/" in command or os.sep in command):
-            command = str(self.path_of({"command": command}, P, "command", None))
-        cwd = self.path_of(t, P, "cwd", None)
-        if cwd is not None and cwd.exists() and not cwd.is_dir():
-            self.err((*P, "cwd"), f"{cwd} is not a folder")
-        policy = self.path_of(t, P, "policy", None)
-        sessions = self.string(t, P, "upstream_sessions", "per_session")
-        if sessions not in UPSTREAM_SESSIONS:
-            self.err((*P, "upstream_sessions"), f"{sessions!r} is not one of per_session, shared")
-            sessions = "per_session"
-        max_sessions = self.count(t, P, "max_sessions", "sessions") or gateway.max_sessions or DEFAULT_MAX_SESSIONS[
-            sessions]
-        server = ServerConfig(
-            name=name,
-            transport=transport,
-            command=command,
-            args=self.strings(t, P, "args"),
-            env=self.mapping(t, P, "env"),
-            cwd=cwd,
-            stderr_log=(self.path_of(t, P, "stderr_log", f".mcpguard/logs/{name}.stderr.log")
-                        if transport == "stdio" else None),
-            url=url,
-            headers=self.mapping(t, P, "headers"),
-            policy=policy,
-            call_timeout_s=self.duration(t, P, "call_timeout", gateway.call_timeout_s),
-            upstream_sessions=sessions,
-            max_sessions=max_sessions,
-            session_idle_timeout_s=self.duration(t, P, "session_idle_timeout", gateway.session_idle_timeout_s),
-        )
-        return server if len(self.issues) == n0 else None
-
-    def grant(self, name: str, entry: Any) -> GrantConfig | None:
-        P = ("grants", name)
-        if not _NAME.match(name):
-            self.err(P, "a grant name may hold only letters, digits, '_', '.', '-'")
-        t = self.table(entry, P)
-        if t is None:
-            return None
-        self.unknown(t, P, _GRANT_KEYS)
-        env_name = self.string(t, P, "token_env")
-        hexd = self.string(t, P, "token_sha256")
-        if (env_name is None) == (hexd is None):
-            if "token_env" not in t and "token_sha256" not in t or env_name and hexd:
-                self.err(P, "give either token_env (an environment variable holding the token) "
-                            "or token_sha256 (the token's SHA-256 hex digest)" + (", not both" if env_name else ""))
-            return None
-        if hexd is not None:
-            if not _HEX64.match(hexd):
-                self.err((*P, "token_sha256"), "must be 64 hex digits (e.g. the output of sha256sum)")
-                return None
-            return GrantConfig(name=name, token_sha256=hexd.lower(), _digest=bytes.fromhex(hexd))
-        assert env_name is not None
-        if not _ENV_NAME.match(env_name):
-            self.err((*P, "token_env"), f"{env_name!r} is not an environment variable name")
-            return None
-        token = self.environ.get(env_name)
-        if not token:
-            self.err((*P, "token_env"), f"environment variable {env_name} is not set (or empty)")
-            return None
-        return GrantConfig(name=name, token_env=env_name, _digest=hashlib.sha256(token.encode("utf-8")).digest())
-
-    def duplicate_tokens(self, grants: dict[str, GrantConfig]) -> None:
-        seen: dict[bytes, str] = {}
-        for name, grant in grants.items():
-            other = seen.setdefault(grant._digest, name)
-            if other != name:
-                self.err(("grants", name), f"has the same token as grants.{other}; a token must name one grant")
+# -- from the tables to the records -----------------------------------------------------------------
 
 
-def _typename(v: Any) -> str:
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
-            tuple: "a list", dict: "a table"}.get(type(v), type(v).__name__)
+def _load(data: Any, file: str, base: Path, positions: Any, environ: Mapping[str, str] | None,
+          path: Path | None) -> Config:
+    """Validate `data` (mcpguard.toml's shape) and build the `Config`; raises `ConfigError` with every problem."""
+    environ = os.environ if environ is None else environ
+    try:
+        doc = ConfigFile.model_validate(data, context={"base": base, "environ": environ})
+    except ValidationError as exc:
+        raise ConfigError(_issues(exc, file, positions, data)) from None
+    gateway = _record(GatewayConfig, doc.gateway, base)
+    servers = {name: _server(name, t, gateway, base) for name, t in doc.servers.items()}
+    grants = {name: _grant(name, t, environ) for name, t in doc.grants.items()}
+    telemetry = _record(TelemetryConfig, doc.telemetry, base,
+                        enabled=telemetry_enabled(doc.telemetry.otlp_endpoint, environ))
+    return Config(path=path, gateway=gateway, console=_record(ConsoleConfig, doc.console, base),
+                  servers=servers, grants=grants, telemetry=telemetry)
+
+
+def _record(cls: type[Any], table: Any, base: Path, **resolved: Any) -> Any:
+    """A `cls` record from a validated table: each record field from the table's field of that name
+    (a path resolved against `base`), unless `resolved` gives it."""
+    fields = type(table).model_fields
+    values = dict(resolved)
+    for f in dataclasses.fields(cls):
+        if f.init and f.name not in values and f.name in fields:
+            value = getattr(table, f.name)
+            values[f.name] = _resolve(base, value) if IS_PATH in field_metadata(fields[f.name]) else value
+    return cls(**values)
+
+
+def _server(name: str, t: ServerTable, gateway: GatewayConfig, base: Path) -> ServerConfig:
+    transport = "http" if t.url is not None else "stdio"
+    command = t.command
+    if command is not None and ("/" in command or os.sep in command):
+        command = str(_resolve(base, command))
+    stderr_log = None
+    if transport == "stdio":
+        stderr_log = _resolve(base, f".mcpguard/logs/{name}.stderr.log" if t.stderr_log is None else t.stderr_log)
+    return _record(
+        ServerConfig, t, base, name=name, transport=transport, command=command, stderr_log=stderr_log,
+        call_timeout_s=gateway.call_timeout_s if t.call_timeout_s is None else t.call_timeout_s,
+        max_sessions=t.max_sessions or gateway.max_sessions or DEFAULT_MAX_SESSIONS[t.upstream_sessions],
+        session_idle_timeout_s=(gateway.session_idle_timeout_s if t.session_idle_timeout_s is None
+                                else t.session_idle_timeout_s),
+    )
+
+
+def _grant(name: str, t: GrantTable, environ: Mapping[str, str]) -> GrantConfig:
+    digest = _token_digest(t.token_env, t.token_sha256, environ) or b""
+    if t.token_sha256 is not None:
+        return GrantConfig(name=name, token_sha256=t.token_sha256.lower(), _digest=digest)
+    return GrantConfig(name=name, token_env=t.token_env, _digest=digest)
+
+
+# -- problems, worded -------------------------------------------------------------------------------
+
+_SECTIONS = tuple(keys_of(ConfigFile))
+_ENTRIES = ("servers", "grants")
+_DURATION_ERRORS = ("duration", "duration_not_positive")
+
+
+def _issues(exc: ValidationError, file: str, positions: Any, data: Any) -> list[ConfigIssue]:
+    """`exc`'s errors as `ConfigIssue`s: unknown top-level keys first, then table by table in the
+    file's order (a section, or one server or grant), each table's unknown keys first, then its
+    problems by line, its durations last (the order this loader has always reported them in)."""
+    ranked = []
+    for n, x in enumerate(explain(ConfigFile, exc)):
+        loc = tuple(p for p in x.loc if p != "[key]")
+        item = None
+        if loc and isinstance(loc[-1], int):  # a list item's problem is the list key's
+            item, loc = loc[-1], loc[:-1]
+        line = positions.locate(loc)[0] if positions is not None else 0
+        issue = ConfigIssue(file, line, ".".join(str(p) for p in loc), _message(x, item))
+        ranked.append(((*_table_rank(loc, x.type, data, positions), x.type != "extra_forbidden",
+                        x.type in _DURATION_ERRORS, line, n), issue))
+    out: list[ConfigIssue] = []
+    for _, issue in sorted(ranked, key=lambda r: r[0]):
+        if issue not in out:  # several bad items of one list are one problem of its key
+            out.append(issue)
+    return out
+
+
+def _table_rank(loc: tuple[Any, ...], kind: str, data: Any, positions: Any) -> tuple[int, int, int]:
+    """(where the table of `loc` starts in the file, its section's place in `ConfigFile`, its entry's place)."""
+    if not loc or loc[0] not in _SECTIONS or len(loc) == 1 and kind == "extra_forbidden":
+        return (-1, 0, 0)
+    table = loc[:2] if loc[0] in _ENTRIES and len(loc) > 1 else loc[:1]
+    entry = 0
+    if len(table) == 2 and isinstance(data, Mapping) and isinstance(data.get(table[0]), Mapping):
+        names = list(data[table[0]])
+        entry = names.index(table[1]) if table[1] in names else 0
+    start = positions.locate(table)[0] if positions is not None else 0
+    return (start, _SECTIONS.index(table[0]), entry)
+
+
+def _message(x: Any, item: int | None) -> str:
+    if x.says is not None and x.says.message is not None:
+        return x.word(x.says.message, "")
+    kind = x.type
+    if kind == "extra_forbidden":
+        msg = f"unknown key (known: {', '.join(x.known_keys())})"
+    elif kind in ("model_type", "dict_type"):
+        msg = f"must be a table, not {kind_of(x.input)}" if x.loc else "the config must be a table"
+    elif kind == "string_type" or kind == "literal_error" and not isinstance(x.input, str):
+        msg = f"must be a string, not {kind_of(x.input)}"
+    elif kind == "blank" or kind == "literal_error" and not x.input.strip():
+        msg = "must not be empty"
+    elif kind == "literal_error":
+        msg = f"{x.input!r} is not one of {', '.join(x.choices)}"
+    elif kind == "bool_type":
+        msg = "must be true or false"
+    elif kind == "duration":
+        msg = x.ctx["detail"]
+    elif kind == "duration_not_positive":
+        msg = "must be more than 0 seconds"
+    else:
+        msg = x.ctx.get("message") or x.msg
+    return f"item {item}: {msg}" if item is not None else msg

@@ -25,6 +25,18 @@ _SCALAR_END = re.compile(r"[,\]\}\r\n#]")
 _JSON_WS = re.compile(r"[ \t\r\n]*")
 
 
+def dotted(path: Path) -> str:
+    """`("tools", "x", "limits", 0, "window")` -> `tools.x.limits[0].window` (keys that are not bare are quoted)."""
+    out = ""
+    for p in path:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            key = p if _BARE.fullmatch(p) else json.dumps(p)
+            out += f".{key}" if out else key
+    return out
+
+
 class Positions:
     """Path -> (line, col), both 1-based."""
 
