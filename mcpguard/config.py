@@ -22,6 +22,7 @@ request_read_timeout = "10s"      # a connection must send a whole request withi
 [console]
 theme = "mcpguard-dark"
 max_rows = 2000
+bell = true                       # ring the terminal's bell when an approval arrives
 
 [telemetry]                       # OpenTelemetry, off when the section and OTEL_EXPORTER_OTLP_* are absent
 otlp_endpoint = "http://127.0.0.1:4318"  # OTLP/HTTP collector: /v1/traces and /v1/metrics are appended
@@ -211,10 +212,11 @@ class GatewayConfig:
 
 @dataclass(frozen=True, slots=True)
 class ConsoleConfig:
-    """`[console]`: `theme` name, `max_rows` calls kept in the live table."""
+    """`[console]`: `theme` name, `max_rows` calls kept in the live table, `bell` when an approval arrives."""
 
     theme: str = "mcpguard-dark"
     max_rows: int = 2000
+    bell: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,6 +556,7 @@ class ConsoleTable(_ConfigTable):
 
     theme: Text = "mcpguard-dark"
     max_rows: RowCap = 2000
+    bell: Switch = True
 
 
 class TelemetryTable(_ConfigTable):

@@ -350,3 +350,10 @@ async def test_a_stdio_server_from_the_config_runs_as_written(tmp_path):
     text = result.content[0].text
     assert text == f"{(tmp_path / 'srv').resolve()}|http://127.0.0.1:5000/api|--flag"
     assert "stderr goes to the log" in s.stderr_log.read_text()
+
+
+def test_console_bell_is_on_unless_turned_off_and_must_be_a_boolean():
+    assert parse_config("", "x.toml").console.bell is True
+    assert parse_config("[console]\nbell = false\n", "x.toml").console.bell is False
+    with pytest.raises(ConfigError, match="console.bell: must be true or false"):
+        parse_config('[console]\nbell = "no"\n', "x.toml")

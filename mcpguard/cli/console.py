@@ -53,14 +53,15 @@ def run(args: argparse.Namespace) -> int:
 
         if args.port is not None:
             cfg = dataclasses.replace(cfg, gateway=dataclasses.replace(cfg.gateway, port=args.port))
-        app = ConsoleApp.embedded(Gateway(cfg), theme_name=theme, max_rows=cfg.console.max_rows)
+        app = ConsoleApp.embedded(Gateway(cfg), theme_name=theme, max_rows=cfg.console.max_rows,
+                                  bell=cfg.console.bell)
     else:
         from mcpguard.cli.child import GatewayProcess
 
         child = GatewayProcess(args.config, port=args.port, log=cfg.base_dir / ".mcpguard" / "logs" / "gateway.log",
                                control_file=cfg.gateway.control_file)
         app = ConsoleApp(child.control, start=child.start, stop=child.stop, owner=True, theme_name=theme,
-                         max_rows=cfg.console.max_rows)
+                         max_rows=cfg.console.max_rows, bell=cfg.console.bell)
     rc = app.run()
     if app.started and app.snap is not None:
         for s in app.snap.servers:
