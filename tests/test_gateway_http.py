@@ -204,3 +204,19 @@ async def test_port_in_use_is_a_clear_error_and_leaves_nothing_running(tmp_path:
             await gw.start()
         assert gw.servers["ev"].state == "down"
         assert not gw.pools["ev"].shared.up and gw.pools["ev"].shared.state == "down"
+
+
+async def test_a_single_server_also_answers_at_mcp_as_inspector_asks_and_two_servers_say_where(
+        tmp_path: Path) -> None:
+    from mcp import Client
+
+    cfg = make_config(tmp_path, [everything_server("ev", tmp_path)])
+    async with running(cfg) as gw:
+        async with client(gw.base_url + "/mcp") as s:  # the handshake era
+            assert (await s.call_tool("echo", {"text": "at /mcp"})).content[0].text == "at /mcp"
+        async with Client(gw.base_url + "/mcp", mode="2026-07-28") as c:
+            assert (await c.call_tool("echo", {"text": "stateless"})).content[0].text == "stateless"
+    two = make_config(tmp_path / "two", [everything_server("a", tmp_path), everything_server("b", tmp_path)])
+    async with running(two) as gw, httpx2.AsyncClient(timeout=30) as http:
+        r = await http.post(gw.base_url + "/mcp", json=INIT, headers=HEADERS)
+        assert r.status_code == 404 and "/mcp/a" in r.text and "/mcp/b" in r.text
