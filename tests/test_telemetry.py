@@ -197,14 +197,17 @@ async def test_otel_environment_alone_turns_it_on_and_sdk_disabled_off(tmp_path:
 
 async def test_telemetry_off_no_span_middleware_no_listener(tmp_path: Path) -> None:
     """Off (the default), in this process too: no span middleware on the endpoint, nothing on the bus, and a
-    traceparent the agent sent is passed upstream as it came (no gateway span was made in between)."""
+    traceparent the agent sent is passed upstream as it came (no gateway span was made in between). The one
+    listener left is the gateway's recent-event log, which a console attaching later replays."""
     cfg = make_config(tmp_path, [everything_server("ev", tmp_path, upstream_sessions="shared")])  # allow all
     assert not cfg.telemetry.enabled
     async with running(cfg) as gw:
         from mcp.server._otel import OpenTelemetryMiddleware
 
         assert not any(isinstance(m, OpenTelemetryMiddleware) for m in gw.endpoints["ev"].server.middleware)
-        assert gw.telemetry is None and not gw.bus.listened
+        assert gw.telemetry is None and gw.bus.listened
+        gw.event_log.close()
+        assert not gw.bus.listened  # telemetry added no listener of its own
         tp = "00-" + "d" * 32 + "-" + "e" * 16 + "-01"
         async with httpx2.AsyncClient(timeout=30) as http:
             meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
