@@ -9,7 +9,9 @@ timed assertions.
 from __future__ import annotations
 
 import asyncio
+import html
 import io
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,32 @@ def text_of(widget: Any) -> str:
     console = Console(width=200, record=True, file=io.StringIO(), color_system=None)
     console.print(widget.content)
     return console.export_text()
+
+
+_SVG_TEXT = re.compile(r'<text class="[^"]*" x="([0-9.]+)" y="[0-9.]+" textLength="[0-9.]+" '
+                       r'clip-path="url\(#terminal-(?:\d+-)?line-(\d+)\)">([^<]*)</text>')
+
+
+def screen_lines(app: Any) -> list[str]:
+    """The terminal as a person sees it now: one string per line, every widget composited.
+
+    Read from `App.export_screenshot()` (Rich's SVG of the screen, 12.2 px per cell).
+    """
+    width, height = app.size
+    grid = [[" "] * width for _ in range(height)]
+    for x, line, text in _SVG_TEXT.findall(app.export_screenshot()):
+        col, row = round(float(x) / 12.2), int(line)
+        for i, ch in enumerate(html.unescape(text).replace("\xa0", " ")):
+            if row < height and col + i < width:
+                grid[row][col + i] = ch
+    return ["".join(r) for r in grid]
+
+
+def table_lines(app: Any) -> list[str]:
+    """The call table's lines as shown on screen (its region of `screen_lines`), header first."""
+    table = app.main.query_one("#calls")
+    r = table.content_region
+    return [line[r.x:r.right] for line in screen_lines(app)[r.y:r.bottom]]
 
 
 def make_app(tmp_path: Path, policy: str = POLICY) -> ConsoleApp:
@@ -230,6 +258,41 @@ async def test_help_palette_theme_and_quit(tmp_path: Path) -> None:
         assert app.theme_variables["risk-critical"] == "#d70057"
         await pilot.press("ctrl+q")
     assert app.return_code == 0
+
+
+async def test_the_palette_picks_ansi_light_and_the_console_keeps_drawing_in_its_colors(tmp_path: Path) -> None:
+    """ctrl+p, Theme, ansi-light: the terminal's own colors, which Rich spells differently from Textual."""
+    from textual.command import CommandPalette
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        async with client(app.control.gateway.url("ev")) as s:
+            await s.call_tool("delete_thing", {"id": "x"})
+            await s.call_tool("status", {})
+        table = app.main.query_one("#calls")
+        await until(pilot, lambda: table.row_count == 2, "2 rows")
+
+        def hits() -> int:
+            return app.screen.query_one("CommandList").option_count if isinstance(app.screen, CommandPalette) else 0
+
+        await pilot.press("ctrl+p")
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette), "the palette")
+        await pilot.press(*"theme")
+        await until(pilot, lambda: hits() > 0, "commands found")
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette) and hits() > 5, "the themes")
+        await pilot.press(*"ansi-light")
+        await until(pilot, lambda: hits() > 0, "ansi-light found")
+        await pilot.press("enter")
+        await until(pilot, lambda: app.theme == "ansi-light" and not isinstance(app.screen, CommandPalette),
+                    "ansi-light applied")
+        await pilot.pause()
+        lines = screen_lines(app)  # drawing the screen is where a color Rich cannot parse raised
+        assert any("delete_thing" in line and "deny" in line for line in lines)
+        assert app.return_code is None  # still running
+        colors = {level: app.theme_variables[f"risk-{level}"] for level in ("low", "medium", "high", "critical")}
+        assert len(set(colors.values())) == 4, colors
 
 
 async def test_ctrl_q_with_pending_asks_and_denies(tmp_path: Path) -> None:

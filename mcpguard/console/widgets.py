@@ -36,6 +36,7 @@ from textual.widgets.tree import TreeNode
 
 from mcpguard.console.keymap import bindings
 from mcpguard.console.model import CallLog, CallRecord, CounterView
+from mcpguard.console.themes import theme_color
 
 RISK_LEVELS = ("low", "medium", "high", "critical")
 STATE_GLYPH = {"allowed": "✓", "limited": "≤", "approval": "?", "denied": "✗", "hidden": "-"}
@@ -60,14 +61,6 @@ def fmt_duration(seconds: float) -> str:
 
 def fmt_window(window_s: float) -> str:
     return {1: "/s", 60: "/min", 3600: "/h", 86400: "/day"}.get(int(window_s), f"/{fmt_duration(window_s)}")
-
-
-def theme_color(widget: Any, name: str, fallback: str = "") -> str:
-    """A color from the app's current theme variables (`risk-high`, `warning`, ...)."""
-    try:
-        return widget.app.theme_variables.get(name, fallback)
-    except Exception:
-        return fallback
 
 
 # -- tree ----------------------------------------------------------------------
