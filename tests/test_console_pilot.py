@@ -103,8 +103,9 @@ def make_app(tmp_path: Path, policy: str = POLICY) -> ConsoleApp:
 
 
 def decision_cell(app: ConsoleApp, call_id: str) -> str:
+    """What the call's row shows in the decision column."""
     table = app.main.query_one("#calls")
-    return str(table.get_cell(call_id, "decision"))
+    return table.cell_text(call_id, "decision")
 
 
 async def started(pilot: Any, app: ConsoleApp) -> None:
@@ -195,7 +196,7 @@ async def test_table_rows_decisions_filter_and_tree(tmp_path: Path) -> None:
                 await s.call_tool("count_items", {"items": []})
         table = app.main.query_one("#calls")
         await until(pilot, lambda: table.row_count == 4 and app.model.denied_total == 2, "4 rows")
-        decisions = [str(table.get_cell(k, "decision")) for k in app.model.calls]
+        decisions = [table.cell_text(k, "decision") for k in app.model.calls]
         assert decisions == ["deny", "allow", "allow", "limited"]
         status = text_of(app.main.query_one("#status"))
         assert "2 denied" in status and app.control.gateway.url("ev") in status
@@ -238,6 +239,61 @@ async def test_follow_stops_when_the_person_moves_and_F_resumes(tmp_path: Path) 
             # the detail pane shows the selected call's arguments and result
             detail = text_of(app.main.query_one("#detail-body"))
             assert "echo" in detail and '"text"' in detail
+
+
+async def test_keys_and_the_mouse_move_the_cursor_and_end_and_F_follow_again(tmp_path: Path) -> None:
+    """j k g G, arrows, page up/down, home/end, a click and the wheel, on a table longer than the screen."""
+    from textual import events
+
+    app = make_app(tmp_path, 'version = "1"\ndefault = "allow"\n')
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        table = app.main.query_one("#calls")
+        async with client(app.control.gateway.url("ev")) as s:
+            for i in range(30):
+                await s.call_tool("echo", {"text": f"n{i}"})
+        await until(pilot, lambda: table.row_count == 30, "30 rows")
+
+        def on_screen() -> list[str]:
+            return [line for line in table_lines(app)[1:] if "echo" in line]
+
+        def detail() -> str:
+            return text_of(app.main.query_one("#detail-body"))
+
+        shown = len(on_screen())
+        assert 5 < shown < 30 and table.following and table.cursor_row == 29
+        assert '"n29"' in detail()
+        await pilot.press("g")
+        assert table.cursor_row == 0 and not table.following and table.border_subtitle == "paused · F follow"
+        assert int(table.scroll_y) == 0 and '"n0"' in detail()  # the first rows are on screen
+        await pilot.press("j", "down")
+        assert table.cursor_row == 2
+        await pilot.press("pagedown")
+        assert table.cursor_row == 2 + shown - 1
+        await pilot.press("k", "up")
+        assert table.cursor_row == shown - 1
+        await pilot.press("G")
+        assert table.following and table.cursor_row == 29 and '"n29"' in detail()
+        await pilot.press("up")
+        assert not table.following and table.cursor_row == 28
+        await pilot.press("end")
+        assert table.following and table.cursor_row == 29
+        await pilot.press("home")
+        assert table.cursor_row == 0
+        await pilot.press("pageup")
+        assert table.cursor_row == 0
+        await pilot.press("F")
+        assert table.following and table.border_subtitle == "following"
+        # a click on the second row on screen (the border and the header above it)
+        top = 30 - shown
+        await pilot.click("#calls", offset=(12, 3))
+        await pilot.pause()
+        assert table.cursor_row == top + 1 and not table.following and f'"n{top + 1}"' in detail()
+        await pilot.press("F")
+        # the wheel scrolls the view up and stops following
+        table.post_message(events.MouseScrollUp(table, 12, 4, 0, -1, 0, False, False, False))
+        await pilot.pause()
+        assert not table.following and int(table.scroll_y) < top and len(on_screen()) == shown
 
 
 async def test_help_palette_theme_and_quit(tmp_path: Path) -> None:
@@ -382,8 +438,7 @@ async def test_the_table_keeps_the_newest_max_rows_even_when_evicted_calls_finis
         table = app.main.query_one("#calls")
 
         def shown() -> list[Any]:
-            return [app.model.calls[table.coordinate_to_cell_key((r, 0)).row_key.value].arguments
-                    for r in range(table.row_count)]
+            return [app.model.calls[cid].arguments for cid in table.call_ids()]
 
         async with client(app.control.gateway.url("ev")) as s:
             calls = []
@@ -397,11 +452,11 @@ async def test_the_table_keeps_the_newest_max_rows_even_when_evicted_calls_finis
             results = await asyncio.wait_for(asyncio.gather(*calls), 30)
             assert [r.is_error for r in results] == [False] * 5
             await until(pilot, lambda: all(app.model.calls[c].done for c in app.model.calls)
-                        and "waiting" not in {str(table.get_cell(c, "result")) for c in app.model.calls},
+                        and "waiting" not in {table.cell_text(c, "result") for c in app.model.calls},
                         "the three rows completed")
             assert table.row_count == 3 and len(app.model.calls) == 3
             assert shown() == [{"text": "t2"}, {"text": "t3"}, {"text": "t4"}]
-            assert [str(table.get_cell(c, "decision")) for c in app.model.calls] == ["approved"] * 3
+            assert [table.cell_text(c, "decision") for c in app.model.calls] == ["approved"] * 3
             for i in range(4):
                 await s.call_tool("count_items", {"items": [{"name": f"n{i}"}]})
         newest = [{"items": [{"name": f"n{i}"}]} for i in (1, 2, 3)]
@@ -410,18 +465,34 @@ async def test_the_table_keeps_the_newest_max_rows_even_when_evicted_calls_finis
 
 
 async def test_a_prompt_opening_under_a_full_table_keeps_the_newest_call_in_view(tmp_path: Path) -> None:
-    """At 80x24 the prompt takes the table's room: the waiting call's row must still show."""
+    """At 80x24 the prompt takes the table's room: the waiting call's row must still be on screen, and
+    stay there while the panes around the table change (the terminal shrinks, the filter box opens)."""
     app = make_app(tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await started(pilot, app)
+        table = app.main.query_one("#calls")
+
+        def newest_on_screen() -> bool:
+            lines = table_lines(app)
+            return any("pending" in line and "echo" in line for line in lines[1:])
+
         async with client(app.control.gateway.url("ev")) as s:
             for i in range(12):
                 await s.call_tool("status", {})
             call = asyncio.create_task(s.call_tool("echo", {"text": "wait"}))
-            await until(pilot, lambda: len(app.model.pending) == 1, "approval prompt")
-            table = app.main.query_one("#calls")
-            newest = table.row_count - 1
-            await until(pilot, lambda: table.scroll_y >= table.max_scroll_y and table.max_scroll_y > 0
-                        and table.cursor_row == newest, "newest row in view")
+            await until(pilot, lambda: len(app.model.pending) == 1 and app.main.query_one("#approval").display,
+                        "approval prompt")
+            await until(pilot, newest_on_screen, "the waiting call's row on screen")
+            assert table.following and table.border_subtitle == "following"
+            assert table.cursor_row == table.row_count - 1
+            for size in ((80, 20), (80, 18), (100, 22), (80, 24)):
+                await pilot.resize_terminal(*size)
+                await pilot.pause()
+                assert newest_on_screen(), (size, "\n".join(table_lines(app)))
+            await pilot.press("slash")  # the filter box takes a line above the table
+            await pilot.pause()
+            assert app.main.query_one("#filter").display and newest_on_screen()
+            await pilot.press("escape")
             await pilot.press("a")
             assert not (await asyncio.wait_for(call, 30)).is_error
+

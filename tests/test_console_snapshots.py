@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_console_pilot import screen_lines, table_lines
 
 from mcpguard.approvals import Approvals
 from mcpguard.call import Call
@@ -53,16 +54,17 @@ def _risk(tool: str) -> Any:
 class StandInControl(Control):
     """The control interface of a gateway that is not there: a fixed snapshot, a real bus and approvals."""
 
-    def __init__(self, policy_path: Path) -> None:
+    def __init__(self, policy_path: Path, tools: list[str] | None = None) -> None:
         self.bus = EventBus()
         self.approvals = Approvals(self.bus, clock=lambda: T0 + 30)
         self.policy_path = policy_path
+        self.tools = [t for t in TOOLS if tools is None or t["name"] in tools]
 
     def snapshot_now(self) -> Snapshot:
         text = self.policy_path.read_text()
         policy = parse_policy(text, "toml", str(self.policy_path))
         tools = [ToolState(name=t["name"], risk=RiskState(level=_risk(t["name"]).level, kind=_risk(t["name"]).kind),
-                           state=tool_state(policy, t["name"])) for t in TOOLS]
+                           state=tool_state(policy, t["name"])) for t in self.tools]
         server = ServerState(name="mlflow", url="http://127.0.0.1:8765/mcp/mlflow", state="up", tools=tools,
                              policy=PolicyState(path=str(self.policy_path), text=text, version="v1"))
         return Snapshot(gateway=GatewayState(base_url="http://127.0.0.1:8765"), servers=[server], taken_at=T0)
@@ -77,10 +79,11 @@ class StandInControl(Control):
         return PolicyText(server=server, path=str(self.policy_path), text=self.policy_path.read_text())
 
 
-def make_app(tmp_path: Path, policy_text: str | None = None) -> ConsoleApp:
+def make_app(tmp_path: Path, policy_text: str | None = None, *, theme: str = "dark",
+             tools: list[str] | None = None) -> ConsoleApp:
     path = tmp_path / "mlflow.toml"
     path.write_text(policy_text or (ROOT / "sample_policies" / "mlflow.toml").read_text())
-    return ConsoleApp(StandInControl(path), theme_name="dark", clock=lambda: T0 + 40, owner=False)
+    return ConsoleApp(StandInControl(path, tools), theme_name=theme, clock=lambda: T0 + 40, owner=False)
 
 
 CALLS = [
@@ -95,19 +98,22 @@ CALLS = [
 ]
 
 
-def publish_calls(app: ConsoleApp) -> None:
+def publish_calls(app: ConsoleApp, calls: list[tuple] = CALLS, client: str = "demo-agent",
+                  counters: bool = True) -> None:
     bus = app.control.bus
-    for i, (tool, args, action, code, rule, ms, err) in enumerate(CALLS):
+    for i, (tool, args, action, code, rule, ms, err) in enumerate(calls):
         cid = f"demo-{i + 1}"
         ts = T0 + i * 2
         bus.publish(CallReceived(call_id=cid, server="mlflow", tool=tool, arguments=args, grant="local",
-                                 session_id="s1", client="demo-agent", ts=ts))
+                                 session_id="s1", client=client, ts=ts))
         risk = _risk(tool).level
         bus.publish(CallDecided(call_id=cid, server="mlflow", tool=tool, action=action, code=code, rule=rule,
                                 message="" if action == "allow" else f"{tool}: {code}", risk=risk, ts=ts))
         result = {"content": [{"type": "text", "text": "{\"ok\": true}"}], "isError": err}
         bus.publish(CallCompleted(call_id=cid, server="mlflow", tool=tool, outcome=code, is_error=err,
                                   duration_ms=ms, result=result, ts=ts + 0.1))
+    if not counters:
+        return
     bus.publish(CounterChanged(server="mlflow", counter="set_registered_model_tag_rate", scope="grant",
                                scope_key="local", count=20, max=20, window_s=60, retry_after_s=31, ts=T0 + 40))
     bus.publish(CounterChanged(server="mlflow", counter="mlflow_calls", scope="grant", scope_key="local",
@@ -177,3 +183,48 @@ def test_editor_shows_the_error_line(snap_compare: Any, tmp_path: Path, monkeypa
         await _settle(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_main_screen_at_80x24(snap_compare: Any, tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+
+    async def run_before(pilot: Any) -> None:
+        publish_calls(app, client="mcpguard-demo-agent")
+        await _settle(pilot)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+
+
+# -- columns: whole tool names first, never two tools alike -------------------------------
+LOOKALIKES = ["get_model_version", "get_model_versions", "get_model_version_by_alias",
+              "transition_model_version_stage", "get_experiment_metrics", "get_experiment_params",
+              "set_registered_model_tag", "delete_registered_model"]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 36)])
+async def test_tool_names_are_whole_or_folded_apart_and_the_caller_and_url_stay_readable(
+        tmp_path: Path, size: tuple[int, int]) -> None:
+    app = make_app(tmp_path)
+    calls = [(tool, {}, "allow", "allowed", None, 10.0, False) for tool in LOOKALIKES]
+    async with app.run_test(size=size) as pilot:
+        publish_calls(app, calls, client="mcpguard-demo-agent")
+        await _settle(pilot)
+        table = app.main.query_one("#calls")
+        rows = table_lines(app)[1:]
+        shown = {}
+        for cid, tool in zip(table.call_ids(), LOOKALIKES, strict=True):
+            text = table.cell_text(cid, "tool")
+            assert any(f" {text} " in row for row in rows), (text, rows)  # what the cell says is on screen
+            if text != tool:  # folded: its start and end, around one …
+                head, tail = text.split("…")
+                assert tool.startswith(head) and tool.endswith(tail) and len(head) >= 3 and len(tail) >= 3, text
+            shown[tool] = text
+        assert len(set(shown.values())) == len(LOOKALIKES), shown  # no two tools alike
+        status = screen_lines(app)[0]
+        assert "http://127.0.0.1:8765/mcp/mlflow" in status and "0 pending" in status and "0 denied" in status
+        if size[0] >= 110:
+            assert shown == {t: t for t in LOOKALIKES}  # room for every tool's whole name
+            caller = table.cell_text(table.call_ids()[0], "caller")
+            assert len(caller) >= 16 and caller.startswith("mcpguard") and caller.endswith("agent"), caller
+            assert "server" not in table_lines(app)[0]  # one server: no server column
+

@@ -250,6 +250,7 @@ class ConsoleApp(App[int]):
         self._snap_at = time.monotonic()
         for s in snap.servers:
             self.model.sync_counters(s.name, s.counters, self.clock())
+            self.model.sync_tools(s.name, (t.name for t in s.tools))
         self.model.sync_pending(snap.pending, snap.taken_at)
         if self.main is not None and self.main.is_mounted:
             self.main.refresh_tree()

@@ -142,6 +142,17 @@ class CallLog:
         self.policy_errors: dict[str, tuple[str, ...]] = {}
         self.upstream_state: dict[str, str] = {}
         self.changed_tools: set[tuple[str, str]] = set()
+        #: server -> the names of its tools (the snapshot's `tools/list`); the table sizes its columns on them
+        self.tools: dict[str, tuple[str, ...]] = {}
+        #: bumped whenever `tools` changes, so a view sized on it knows to size again
+        self.tools_version = 0
+
+    def sync_tools(self, server: str, names: Iterable[str]) -> None:
+        """Record the names of `server`'s tools (from a snapshot); `tools_version` moves only on a change."""
+        names = tuple(names)
+        if self.tools.get(server) != names:
+            self.tools[server] = names
+            self.tools_version += 1
 
     def sync_counters(self, server: str, views: Iterable[Any], now: float) -> None:
         """Replace `server`'s counters with `views` (`mcpguard.ratelimit.CounterView`s

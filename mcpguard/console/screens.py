@@ -12,11 +12,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Footer, Input, Label, Static, TextArea, Tree
+from textual.widgets import Button, Footer, Input, Label, Static, TextArea, Tree
 
+from mcpguard.console.calltable import CallTable
 from mcpguard.console.keymap import CONTEXT_TITLES, KEYS, bindings
 from mcpguard.console.widgets import (
-    STATE_WORD, ApprovalPrompt, CallTable, DetailPane, GaugePanel, ServerTree, StatusBar,
+    STATE_WORD, ApprovalPrompt, DetailPane, GaugePanel, ServerTree, StatusBar,
     fmt_window, theme_color,
 )
 
@@ -101,10 +102,9 @@ class MainScreen(Screen):
         if rec is not None:
             self.query_one("#detail", DetailPane).show_call(rec)
 
-    @on(DataTable.RowHighlighted, "#calls")
-    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key is not None and event.row_key.value:
-            self._show_call(event.row_key.value)
+    @on(CallTable.Highlighted, "#calls")
+    def _row_highlighted(self, event: CallTable.Highlighted) -> None:
+        self._show_call(event.call_id)
 
     @on(Tree.NodeHighlighted, "#tree")
     def _node_highlighted(self, event: Tree.NodeHighlighted) -> None:

@@ -1,9 +1,9 @@
-"""The console's widgets: server/tool tree, call table, detail pane, gauges,
-approval prompt and status bar.
+"""The console's widgets: server/tool tree, detail pane, gauges, approval
+prompt and status bar (the call table is `mcpguard.console.calltable`).
 
-Attributes down, messages up (style.md §3): the screen hands each widget its
-data (`CallLog`, server views); widgets post messages (`CallTable.FollowChanged`)
-and never reach into a sibling.
+Attributes down, messages up: the screen hands each widget its data (call
+records, server views); widgets post messages (`GaugePanel.Selected`) and
+never reach into a sibling.
 """
 
 from __future__ import annotations
@@ -15,27 +15,17 @@ from typing import Any
 
 from rich.console import Group
 from rich.json import JSON
-from rich.padding import Padding
-from rich.segment import Segment
-from rich.style import Style
 from rich.text import Text
 from textual import events
-from textual._two_way_dict import TwoWayDict
 from textual.binding import Binding
-from textual.cache import LRUCache
 from textual.geometry import Region
 from textual.containers import VerticalScroll
 from textual.message import Message
-from textual.reactive import reactive
-from textual.renderables.styled import Styled
-from textual.strip import Strip
-from textual.widgets import DataTable, Static, Tree
-from textual.widgets._data_table import default_cell_formatter
-from textual.widgets.data_table import RowKey
+from textual.widgets import Static, Tree
 from textual.widgets.tree import TreeNode
 
 from mcpguard.console.keymap import bindings
-from mcpguard.console.model import CallLog, CallRecord, CounterView
+from mcpguard.console.model import CallRecord, CounterView
 from mcpguard.console.themes import theme_color
 
 RISK_LEVELS = ("low", "medium", "high", "critical")
@@ -162,400 +152,6 @@ class ServerTree(Tree[dict]):
 
     def server_view(self, server: str) -> ServerView | None:
         return next((s for s in self._servers if s.name == server), None)
-
-
-# -- call table ----------------------------------------------------------------
-# (key, label, width); the tool column (width 0) takes what the others leave.
-COLUMNS_WIDE = (("time", "time", 8), ("server", "server", 7), ("tool", "tool", 0),
-                ("caller", "caller", 0), ("decision", "decision", 9),
-                ("latency", "ms", 5), ("result", "result", 7))
-COLUMNS_NARROW = (("time", "time", 8), ("tool", "tool", 0), ("decision", "decision", 9),
-                  ("latency", "ms", 5), ("result", "result", 7))
-
-
-class CallTable(DataTable):
-    """The live call table; follows the newest call until the person scrolls or selects.
-
-    `following` is True while the newest row is kept in view; `new_count`
-    counts rows that arrived since following stopped. Posts `FollowChanged`.
-    """
-
-    BINDINGS = bindings("nav")
-
-    following: reactive[bool] = reactive(True)
-    new_count: reactive[int] = reactive(0)
-
-    class FollowChanged(Message):
-        """Following the newest call started or stopped."""
-
-        def __init__(self, following: bool) -> None:
-            super().__init__()
-            self.following = following
-
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kw)
-        self.narrow = False
-        self._filter = ""
-        self._columns_spec = COLUMNS_WIDE
-        # Render cache per line that outlives DataTable's own caches (see _render_line):
-        # `_versions` counts each row's data changes; rows removed from the top move
-        # `_stripe_offset`, so a row keeps its stripe and its cached line.
-        self._versions: dict[str, int] = {}
-        self._lines: LRUCache[tuple, tuple[Strip, int]] = LRUCache(1024)
-        self._stripe_offset = 0
-        # DataTable's own caches are keyed by `_update_count`: with the line cache above
-        # their old entries are never read again, so keep them small (they held up to
-        # 1,000 rendered rows and 10,000 cells, a high-water mark in RSS)
-        self._row_render_cache = LRUCache(64)
-        self._cell_render_cache = LRUCache(64)
-        self._row_renderable_cache = LRUCache(64)
-        self._line_cache = LRUCache(64)
-
-    def on_mount(self) -> None:
-        self._add_columns()
-        self._update_subtitle()
-
-    def _flex_widths(self) -> dict[str, int]:
-        """Widths of the flexible columns (width 0).
-
-        The tool's name matters most: it gets room for the longest MCP tool
-        names we know (`transition_model_version_stage`, 30) before the caller
-        column grows past 6; the caller (also in the detail pane) takes what is
-        left up to 14, and the tool any remainder.
-        """
-        avail = self.size.width - 1  # room for the vertical scrollbar
-        spec = self._columns_spec
-        fixed = sum(w for _, _, w in spec) + 2 * self.cell_padding * len(spec)
-        rest = max(0, avail - fixed)
-        flex = [k for k, _, w in spec if not w]
-        if flex == ["tool"]:
-            return {"tool": max(12, rest)}
-        tool = max(12, min(30, rest - 6))
-        caller = max(6, min(14, rest - tool))
-        return {"tool": max(tool, rest - caller), "caller": caller}
-
-    def _add_columns(self) -> None:
-        self._fitted_width = self.size.width
-        flex = self._flex_widths()
-        for key, label, width in self._columns_spec:
-            self.add_column(label, width=width or flex[key], key=key)
-
-    def fit(self, narrow: bool, log: CallLog) -> None:
-        """Pick the column set for the width and size the tool column to fill the rest."""
-        if narrow == self.narrow and self.columns and self.size.width == getattr(self, "_fitted_width", -1):
-            return
-        self.narrow = narrow
-        self._columns_spec = COLUMNS_NARROW if narrow else COLUMNS_WIDE
-        self.clear(columns=True)
-        self._add_columns()
-        self.rebuild(log)
-
-    # -- follow ---------------------------------------------------------------
-    def stop_following(self) -> None:
-        if self.following:
-            self.following = False
-
-    def follow(self) -> None:
-        """Jump to the newest call and keep following."""
-        self.new_count = 0
-        self.following = True
-        if self.row_count:
-            self.move_cursor(row=self.row_count - 1, animate=False)
-            self.scroll_end(animate=False, immediate=True)
-
-    def watch_following(self, following: bool) -> None:
-        self._update_subtitle()
-        self.post_message(self.FollowChanged(following))
-
-    def watch_new_count(self) -> None:
-        self._update_subtitle()
-
-    def _update_subtitle(self) -> None:
-        if self.following:
-            self.border_subtitle = "following"
-        elif self.new_count:
-            self.border_subtitle = f"{self.new_count} new · F follow"
-        else:
-            self.border_subtitle = "paused · F follow"
-
-    def action_cursor_up(self) -> None:
-        self.stop_following()
-        super().action_cursor_up()
-
-    def action_cursor_down(self) -> None:
-        self.stop_following()
-        super().action_cursor_down()
-
-    def action_page_up(self) -> None:
-        self.stop_following()
-        super().action_page_up()
-
-    def action_page_down(self) -> None:
-        self.stop_following()
-        super().action_page_down()
-
-    def action_scroll_home(self) -> None:
-        self.stop_following()
-        super().action_scroll_home()
-
-    def action_scroll_end(self) -> None:
-        self.follow()
-
-    def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
-        self.stop_following()
-
-    def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
-        self.stop_following()
-
-    def on_click(self, event: events.Click) -> None:
-        self.stop_following()
-
-    def on_resize(self, event: events.Resize) -> None:
-        """Keep the newest call in view when the table shrinks (an approval prompt
-        opens below it) while following; the cursor alone does not scroll on resize."""
-        if self.following and self.row_count:
-            self.call_after_refresh(self.scroll_end, animate=False)
-
-    # -- rows -----------------------------------------------------------------
-    def set_filter(self, text: str, log: CallLog) -> None:
-        self._filter = text.strip().lower()
-        self.rebuild(log)
-
-    def visible(self, rec: CallRecord) -> bool:
-        f = self._filter
-        return not f or all(part in rec.search_text() for part in f.split())
-
-    def _cells(self, rec: CallRecord) -> list[Any]:
-        """The row's cells as `Text` (never markup: a caller named `[b]x` shows as typed)."""
-        risk_color = theme_color(self, f"risk-{rec.risk}") if rec.risk else ""
-        label = rec.decision_label
-        if rec.pending:
-            decision = Text(" pending ", style=f"bold reverse {theme_color(self, 'pending')}")
-        elif rec.denied or label in ("denied", "timed out"):
-            decision = Text(label, style=theme_color(self, "error"))
-        elif label == "approved":
-            decision = Text(label, style=theme_color(self, "success"))
-        else:
-            decision = Text(label)
-        latency = "" if rec.duration_ms is None else f"{rec.duration_ms:.0f}"
-        res = rec.result_label
-        res_style = {"ok": theme_color(self, "success"), "error": theme_color(self, "error"),
-                     "denied": theme_color(self, "error")}.get(res, "")
-        cells = {
-            "time": Text(fmt_clock(rec.ts)),
-            "server": Text(rec.server),
-            "tool": Text(rec.tool, style=risk_color),
-            "caller": Text(rec.caller),
-            "decision": decision,
-            "latency": Text(latency, justify="right"),
-            "result": Text(res, style=res_style),
-        }
-        return [cells[key] for key, _, _ in self._columns_spec]
-
-    def clear(self, columns: bool = False) -> CallTable:
-        self._versions.clear()
-        self._lines.clear()
-        self._stripe_offset = 0
-        return super().clear(columns)
-
-    def rebuild(self, log: CallLog) -> None:
-        """Redraw every row from `log` (filter or layout changed)."""
-        self.clear()
-        for rec in log.calls.values():
-            if self.visible(rec):
-                self.add_row(*self._cells(rec), key=rec.call_id)
-        self._settle_dimensions()
-        if self.following:
-            self.follow()
-
-    def apply(self, log: CallLog, new: list[str], changed: set[str], evicted: list[str]) -> None:
-        """Apply one batch: remove evicted rows, update changed ones, append new ones.
-
-        One pass per batch: evicted rows go together (one re-index, not one per
-        row), a changed row's cells are replaced at once, and only rows that
-        changed are rendered again.
-        """
-        if evicted:
-            self._remove_rows(evicted)
-        if changed:
-            rows, data, versions = self.rows, self._data, self._versions
-            keys = [c.key for c in self.ordered_columns]
-            updated = False
-            for cid in changed:
-                if cid in rows:
-                    data[RowKey(cid)] = dict(zip(keys, self._cells(log.calls[cid]), strict=True))
-                    versions[cid] = versions.get(cid, 0) + 1
-                    updated = True
-            if updated:
-                self._update_count += 1
-                self.refresh()
-        added = 0
-        for cid in new:
-            rec = log.calls[cid]
-            if self.visible(rec) and cid not in self.rows:
-                self.add_row(*self._cells(rec), key=cid)
-                added += 1
-        # one size per batch: at the cap as many rows leave as come, the size stays
-        # and no layout of the screen follows
-        self._settle_dimensions()
-        if not added:
-            return
-        if self.following:
-            self.move_cursor(row=self.row_count - 1, animate=False)
-        else:
-            self.new_count += added
-
-    def _settle_dimensions(self) -> None:
-        """Size the table now, not on idle: the cursor then scrolls to a new row in
-        the same frame (DataTable would paint once, size on idle, paint again, scroll
-        after refresh and paint a third time)."""
-        if self._require_update_dimensions:
-            self._require_update_dimensions = False
-            self._new_rows.clear()
-            self._update_dimensions(())
-
-    def _remove_rows(self, call_ids: list[str]) -> None:
-        """Remove the rows of `call_ids` (the oldest calls, at the top) in O(rows) for the
-        whole batch; `DataTable.remove_row` re-indexes every row for each one. A paused
-        cursor stays on its call and the view on its rows."""
-        drop = [RowKey(cid) for cid in call_ids if cid in self.rows]
-        if not drop:
-            return
-        locations = self._row_locations
-        cursor = self.cursor_coordinate
-        gone = set(drop)
-        above = sum(1 for k in drop if locations.get(k) < cursor.row)
-        cursor_gone = locations.get_key(cursor.row) in gone if self.row_count else False
-        keep = [k for k in (locations.get_key(i) for i in range(self.row_count)) if k not in gone]
-        self._row_locations = TwoWayDict({k: i for i, k in enumerate(keep)})
-        for k in drop:
-            del self.rows[k]
-            del self._data[k]
-            self._new_rows.discard(k)
-            self._versions.pop(k.value, None)
-        if self._updated_cells:
-            self._updated_cells = {c for c in self._updated_cells if c.row_key not in gone}
-        self._stripe_offset += len(drop)
-        self._update_count += 1
-        self._require_update_dimensions = True  # settled by `apply` once per batch
-        moved = cursor._replace(row=max(0, cursor.row - above))
-        if cursor_gone or not self.row_count:
-            self.cursor_coordinate = moved  # a new call is under the cursor: say so
-        else:
-            self.set_reactive(DataTable.cursor_coordinate, moved)  # the same call, one index up
-        if not self.following and above:
-            self.scroll_y = max(0, self.scroll_y - above)
-        self.refresh()
-
-    def selected_call_id(self) -> str | None:
-        if not self.row_count:
-            return None
-        try:
-            key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
-        except Exception:
-            return None
-        return key.value
-
-    # -- rendering (DataTable internals; textual 8) ----------------------------
-    def _update_dimensions(self, new_rows: Any) -> None:
-        # every column has a fixed width and every row one line: nothing to measure
-        super()._update_dimensions(())
-
-    def _get_row_style(self, row_index: int, base_style: Style) -> Style:
-        if row_index >= 0:
-            row_index += self._stripe_offset
-        return super()._get_row_style(row_index, base_style)
-
-    def _render_line(self, y: int, x1: int, x2: int, base_style: Style) -> Strip:
-        # DataTable caches lines by `_update_count`: one new row re-rendered every
-        # visible line. Here a line is rendered again only when its row's data, stripe,
-        # cursor or hover state, the crop or the style changed; a row that only moved
-        # (new rows below, old ones gone above) gets its mouse index re-stamped.
-        width = self.size.width
-        try:
-            row_key, line_no = self._get_offsets(y)
-        except LookupError:
-            return Strip.blank(width, base_style)
-        row_index = self._row_locations.get(row_key)
-        if row_index is None:  # the header
-            return super()._render_line(y, x1, x2, base_style)
-        cursor_row = self.cursor_coordinate.row
-        hover_row = self.hover_coordinate.row if self._show_hover_cursor else -2
-        key = (row_key, line_no, self._versions.get(row_key.value, 0), (row_index + self._stripe_offset) % 2,
-               cursor_row == row_index, hover_row == row_index, x1, x2, width, base_style, self.cursor_type,
-               self.show_cursor, self._pseudo_class_state)
-        hit = self._lines.get(key)
-        if hit is None:
-            strip = super()._render_line(y, x1, x2, base_style)
-        else:
-            strip, was = hit
-            if was == row_index:
-                return strip
-            strip = _restamp_row(strip, was, row_index)
-        self._lines[key] = (strip, row_index)
-        return strip
-
-    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
-                     cursor: bool = False, hover: bool = False) -> list[list[Segment]]:
-        if row_index < 0 or column_index < 0:  # header and labels: DataTable's own path
-            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
-        row_key = self._row_locations.get_key(row_index)
-        column_key = self._column_locations.get_key(column_index)
-        cell = self._data[row_key].get(column_key)
-        component_style, post_style = self._get_styles_to_render_cell(
-            False, False, False, hover, cursor, self.show_cursor, self._show_hover_cursor,
-            self.cursor_foreground_priority == "css", self.cursor_background_priority == "css")
-        renderable = Text("") if cell is None else (
-            cell if isinstance(cell, Text) else default_cell_formatter(cell, wrap=False, height=1))
-        pre_style = base_style + Style.from_meta({"row": row_index, "column": column_index}) + component_style
-        if type(renderable) is Text and not renderable.overflow and not renderable.no_wrap \
-                and "\n" not in renderable.plain and "\t" not in renderable.plain:
-            return [_text_cell(self.app.console, renderable, width, self.cell_padding, pre_style, post_style)]
-        options = self.app.console_options.update_dimensions(width, 1).update(no_wrap=True)
-        return self.app.console.render_lines(
-            Styled(Padding(renderable, (0, self.cell_padding)), pre_style=pre_style, post_style=post_style),
-            options)
-
-
-def _text_cell(console: Any, text: Text, width: int, padding: int, pre: Style, post: Style | None) -> list[Segment]:
-    """One line of a one-line `Text` cell, as DataTable renders it (Styled(Padding(text)),
-    no wrap, crop) without Rich's generic render pipeline: about 4x cheaper."""
-    inner = max(0, width - 2 * padding)
-    line = text.copy()
-    line.end = ""
-    if text.justify == "right":
-        line.rstrip()
-        line.truncate(inner, overflow="fold")
-        line.pad_left(inner - line.cell_len)
-    elif text.justify in ("left", "center", "full"):
-        return console.render_lines(Styled(Padding(text, (0, padding)), pre_style=pre, post_style=post),
-                                    console.options.update_dimensions(width, 1).update(no_wrap=True))[0]
-    line.truncate(inner, overflow="fold")
-    null = Style.null()
-    segments = []
-    if padding:
-        segments.append(Segment(" " * padding, null))
-    segments.extend(Text("\n").join([line]).render(console, end=""))
-    fill = inner - line.cell_len
-    if fill > 0:
-        segments.append(Segment(" " * fill, null))
-    if padding:
-        segments.append(Segment(" " * padding, null))
-    return list(Segment.apply_style(segments, style=pre, post_style=post))
-
-
-def _restamp_row(strip: Strip, old: int, new: int) -> Strip:
-    """`strip` with the mouse metadata `row: old` changed to `row: new`."""
-    segments = []
-    for seg in strip:
-        style = seg.style
-        if style is not None and style._meta:
-            meta = style.meta
-            if meta.get("row") == old:
-                meta["row"] = new
-                seg = Segment(seg.text, style + Style.from_meta(meta), seg.control)
-        segments.append(seg)
-    return Strip(segments, strip.cell_length)
 
 
 # -- detail pane -------------------------------------------------------------
@@ -850,17 +446,17 @@ class StatusBar(Static):
 
     def show(self, *, url: str, policy: str, policy_error: str | None, calls_per_min: int,
              denied: int, pending: int, dropped: int = 0) -> None:
+        width = self.size.width or 120
         t = Text(no_wrap=True, overflow="ellipsis")
-        if (self.size.width or 120) >= 100:
+        if width >= 100:
             t.append(" mcpguard ", style="bold reverse")
-        else:
-            url = url.removeprefix("http://")
+        # the URL stays whole (a person copies it into an agent's config)
         t.append(f" {url} ", style="bold")
         t.append("│ ", style="dim")
-        t.append(f"{policy} ")
+        head, t = t, Text()
         if policy_error:
             # keep the counts and pending in view: the error's line comes first, the rest may go
-            room = max(16, (self.size.width or 120) - 58)
+            room = max(16, width - 58)
             err = policy_error if len(policy_error) <= room else policy_error[: room - 1] + "…"
             t.append(f"✗ {err} ", style=f"bold {theme_color(self, 'error')}")
         else:
@@ -876,6 +472,9 @@ class StatusBar(Static):
             t.append("0 pending")
         if dropped:
             t.append(f" │ {dropped} events dropped", style=theme_color(self, "warning"))
+        # the policy file's name where it fits: on a narrow screen it gives way before the counts
+        name = f"{policy} " if head.cell_len + len(policy) + 1 + t.cell_len <= width else "policy "
+        t = Text.assemble(head, name, t, no_wrap=True, overflow="ellipsis")
         if t == getattr(self, "_shown", None):
             return
         self._shown = t
