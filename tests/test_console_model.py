@@ -47,6 +47,31 @@ def test_pending_counters_and_labels() -> None:
     assert not log.counters
 
 
+def test_denied_means_code_refused_for_the_count_and_the_filter_alike() -> None:
+    """The status bar's `N denied` counts what the `/denied` filter finds: every `Code.refused` outcome."""
+    from mcpguard.codes import Code
+
+    log = CallLog()
+    outcomes = [c for c in Code if c is not Code.APPROVAL_REQUIRED]
+    events = []
+    for i, code in enumerate(outcomes):
+        events += [received(i),
+                   ev.CallDecided(call_id=f"c{i}", server="s", tool="t",
+                                  action="allow" if not code.refused or code.upstream_fault else "deny",
+                                  code=code if code.refused and not code.upstream_fault else "allowed",
+                                  rule=None, message=""),
+                   ev.CallCompleted(call_id=f"c{i}", server="s", tool="t", outcome=code,
+                                    is_error=code.refused, duration_ms=1.0)]
+    log.apply(events)
+    found = {rec.outcome for rec in log.calls.values() if "denied" in rec.search_text()}
+    assert found == {c for c in outcomes if c.refused}
+    assert log.denied_total == len(found) == sum(1 for c in Code if c.refused)
+    words = {rec.outcome: rec.search_text() for rec in log.calls.values()}
+    assert "limited" in words[Code.RATE_LIMITED] and "rate_limited" in words[Code.RATE_LIMITED]
+    assert "hidden" in words[Code.HIDDEN] and "error" in words[Code.UPSTREAM_ERROR]
+    assert "approved" in words[Code.APPROVED] and "denied" not in words[Code.ALLOWED]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.sets(st.text(alphabet="abcdefgh_", min_size=1, max_size=40), min_size=1, max_size=30),
        st.integers(min_value=4, max_value=30))

@@ -496,3 +496,47 @@ async def test_a_prompt_opening_under_a_full_table_keeps_the_newest_call_in_view
             await pilot.press("a")
             assert not (await asyncio.wait_for(call, 30)).is_error
 
+
+async def test_the_denied_filter_shows_what_the_status_bar_counts_and_the_other_words_keep_working(
+        tmp_path: Path) -> None:
+    """`N denied` in the status bar and the `/denied` filter mean the same calls: every refused one
+    (`Code.refused`: denied by the policy, rate limited, hidden, the upstream failed)."""
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        table = app.main.query_one("#calls")
+        async with client(app.control.gateway.url("ev")) as s:
+            await s.call_tool("delete_thing", {"id": "x"})  # policy_denied
+            for _ in range(3):
+                await s.call_tool("count_items", {"items": []})  # the third is rate_limited
+            await s.call_tool("secret_tool", {})  # hidden
+            with pytest.raises(Exception):  # noqa: B017 - the upstream's JSON-RPC error, re-raised
+                await s.call_tool("fail_rpc", {})  # upstream_error
+            await s.call_tool("status", {})
+            call = asyncio.create_task(s.call_tool("echo", {"text": "ask"}))
+            await until(pilot, lambda: table.row_count == 8 and app.model.denied_total == 4
+                        and len(app.model.pending) == 1, "8 rows, 4 denied, 1 pending")
+            status = text_of(app.main.query_one("#status"))
+            assert "4 denied" in status
+
+            async def rows_for(word: str) -> list[str]:
+                await pilot.press("ctrl+a", "ctrl+k", *word)
+                return [line for line in table_lines(app)[1:] if line.strip()]
+
+            await pilot.press("slash")
+            denied = await rows_for("denied")
+            assert len(denied) == 4 == table.row_count
+            assert {line.split()[1] for line in denied} == {"delete_thing", "count_items", "secret_tool", "fail_rpc"}
+            assert len(await rows_for("limited")) == 1 and len(await rows_for("rate_limited")) == 1
+            assert len(await rows_for("hidden")) == 1
+            errors = await rows_for("error")
+            assert len(errors) == 1 and "fail_rpc" in errors[0]
+            assert len(await rows_for("pending")) == 1
+            await pilot.press("enter")  # back to the table: `a` answers the prompt
+            await pilot.press("a")
+            assert not (await asyncio.wait_for(call, 30)).is_error
+            await until(pilot, lambda: "approved" in {table.cell_text(c, "decision") for c in table.call_ids()},
+                        "approved")
+            await pilot.press("slash")
+            approved = await rows_for("approved")
+            assert len(approved) == 1 and "echo" in approved[0]

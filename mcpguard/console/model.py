@@ -15,16 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcpguard import events as ev
-
-DENIAL_CODES = frozenset({
-    "policy_denied", "rate_limited", "approval_denied", "approval_timeout",
-    "policy_changed", "hidden", "no_policy", "tool_changed", "denied", "timed_out",
-})
-
+from mcpguard.codes import Code, code_of
 
 #: decision codes as the table shows them (at most 9 columns wide)
-SHORT_CODES = {"policy_denied": "deny", "rate_limited": "limited", "hidden": "hidden",
-               "no_policy": "no policy", "tool_changed": "changed", "approval_required": "pending"}
+SHORT_CODES: dict[Code, str] = {Code.POLICY_DENIED: "deny", Code.RATE_LIMITED: "limited", Code.HIDDEN: "hidden",
+                                Code.NO_POLICY: "no policy", Code.TOOL_CHANGED: "changed",
+                                Code.APPROVAL_REQUIRED: "pending"}
+
+#: The word the `/` filter matches on every refused call (`Code.refused`), as the status bar counts them.
+DENIED_WORD = "denied"
 
 
 @dataclass(slots=True)
@@ -74,9 +73,15 @@ class CallRecord:
 
     @property
     def denied(self) -> bool:
-        """True when mcpguard answered the call with a denial."""
+        """True when the call did not get the upstream's answer: its outcome is `Code.refused`.
+
+        Before the outcome is known: a deny decision, or an approval denied, timed
+        out or withdrawn by a policy change. An outcome that is no `Code` (a newer
+        gateway's) counts as not denied.
+        """
         if self.outcome is not None:
-            return self.outcome in DENIAL_CODES
+            code = code_of(self.outcome)
+            return code is not None and code.refused
         return self.action == "deny" or self.approval_outcome in ("denied", "timed_out") or (
             self.approval_outcome == "policy_changed" and self.approval_approved is False)
 
@@ -85,14 +90,19 @@ class CallRecord:
         """`ok`, `error`, `denied`, `waiting` or `…`."""
         if not self.done:
             return "waiting" if self.pending else "…"
+        code = code_of(self.outcome)
+        if code is not None and code.upstream_fault:
+            return "error"  # it reached (or was meant for) the upstream, which failed
         if self.denied:
             return "denied"
         return "error" if self.is_error else "ok"
 
     def search_text(self) -> str:
-        """What `/` matches against: tool, server, decision, risk, caller."""
-        return " ".join(filter(None, (self.tool, self.server, self.decision_label, self.code,
-                                      self.outcome, self.risk, self.caller))).lower()
+        """What `/` matches against (lower case): tool, server, caller, risk, the decision and result
+        as the table shows them, the decision and outcome codes, and `denied` for every refused call."""
+        return " ".join(filter(None, (self.tool, self.server, self.caller, self.risk, self.decision_label,
+                                      self.result_label, self.code, self.outcome,
+                                      DENIED_WORD if self.denied else None))).lower()
 
 
 @dataclass(slots=True)
@@ -257,7 +267,8 @@ class CallLog:
             elif isinstance(e, ev.CallCompleted):
                 rec = self._record(e.call_id, e)
                 if rec is None:  # evicted before it completed: counted, no row
-                    if e.outcome in DENIAL_CODES:
+                    code = code_of(e.outcome)
+                    if code is not None and code.refused:
                         self.denied_total += 1
                     continue
                 rec.pending = False
