@@ -14,15 +14,21 @@ from __future__ import annotations
 import json
 import os
 import time
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.color import Color as RichColor
 from test_console_pilot import screen_lines, table_lines
+from textual.color import Color
+from textual.geometry import Region
+from textual.theme import BUILTIN_THEMES
 
 from mcpguard.approvals import Approvals
 from mcpguard.call import Call
 from mcpguard.console import ConsoleApp
+from mcpguard.console.themes import MIN_RISK_DISTANCE, color_distance, load_themes
 from mcpguard.events import CallCompleted, CallDecided, CallReceived, CounterChanged, EventBus
 from mcpguard.control import (
     Control, GatewayState, PolicyState, PolicyText, RiskState, ServerState, Snapshot, ToolState, _BusStream, tool_state,
@@ -228,3 +234,60 @@ async def test_tool_names_are_whole_or_folded_apart_and_the_caller_and_url_stay_
             assert len(caller) >= 16 and caller.startswith("mcpguard") and caller.endswith("agent"), caller
             assert "server" not in table_lines(app)[0]  # one server: no server column
 
+
+# -- themes: every one the console offers keeps four risk colors apart --------------------
+OWN_THEMES = sorted(t.name for t in load_themes((files("mcpguard.themes"),))[0])
+THEMES = OWN_THEMES + sorted(BUILTIN_THEMES)
+ONE_PER_RISK = {"low": "get_run", "medium": "set_run_tag", "high": "set_model_alias",
+                "critical": "delete_model_version"}
+RISK_CALLS = [
+    ("get_run", {"run_id": "r1"}, "allow", "allowed", None, 12.0, False),
+    ("set_run_tag", {"run_id": "r1", "key": "k", "value": "v"}, "allow", "allowed", None, 30.0, False),
+    ("set_model_alias", {"name": "m", "alias": "champion", "version": "3"}, "allow", "approved", None, 9000.0,
+     False),
+    ("delete_model_version", {"name": "m", "version": "3"}, "deny", "policy_denied", "tools.delete_model_version",
+     0.3, True),
+    ("set_run_tag", {"run_id": "r1", "key": "k", "value": "w"}, "deny", "rate_limited", "tools.set_run_tag.limits[0]",
+     0.2, True),
+]
+
+
+def _fg(widget: Any, name: str) -> RichColor:
+    """The color `name` is drawn in by `widget` (its first segment holding the name)."""
+    width, height = widget.outer_size
+    for strip in widget.render_lines(Region(0, 0, width, height)):
+        for seg in strip:
+            if name in seg.text and seg.style is not None and seg.style.color is not None:
+                return seg.style.color
+    raise AssertionError(f"{name} is not drawn in a color of its own")
+
+
+async def test_the_theme_list_is_what_the_console_offers(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 15)):
+        assert sorted(app.available_themes) == sorted(THEMES)
+
+
+@pytest.mark.parametrize("theme", THEMES)
+def test_every_theme_keeps_four_risk_colors_apart(snap_compare: Any, tmp_path: Path, theme: str) -> None:
+    app = make_app(tmp_path, theme=theme, tools=list(ONE_PER_RISK.values()))
+
+    async def run_before(pilot: Any) -> None:
+        publish_calls(app, RISK_CALLS, counters=False)  # the gauges' wrap is not what this picture is about
+        await _settle(pilot)
+        assert app.theme == theme
+        tree, table = app.main.query_one("#tree"), app.main.query_one("#calls")
+        colors = {risk: _fg(tree, tool) for risk, tool in ONE_PER_RISK.items()}
+        if app.current_theme.ansi:  # the terminal's own colors: four different ones
+            assert len({c.number for c in colors.values()}) == 4, colors
+        else:
+            rgb = {risk: Color(*c.get_truecolor()) for risk, c in colors.items()}
+            for a, b in [(a, b) for a in rgb for b in rgb if a < b]:
+                assert color_distance(rgb[a], rgb[b]) >= MIN_RISK_DISTANCE, (theme, a, b, rgb[a].hex, rgb[b].hex)
+        # the table draws each tool in the color the tree gives its risk (the cursor row excepted)
+        lines = table_lines(app)
+        assert any("delete_model_version" in line and "deny" in line for line in lines)
+        for risk in ("low", "high", "critical"):
+            assert _fg(table, ONE_PER_RISK[risk]) == colors[risk], risk
+
+    assert snap_compare(app, terminal_size=(100, 15), run_before=run_before)
