@@ -289,6 +289,21 @@ async def test_keys_and_the_mouse_move_the_cursor_and_end_and_F_follow_again(tmp
         await pilot.click("#calls", offset=(12, 3))
         await pilot.pause()
         assert table.cursor_row == top + 1 and not table.following and f'"n{top + 1}"' in detail()
+        # a second click on the row under the cursor chooses it
+        chosen: list[str] = []
+        post = table.post_message
+        table.post_message = lambda m: (chosen.append(m.call_id) if isinstance(m, type(table).Selected)
+                                        else None) or post(m)
+        await pilot.click("#calls", offset=(12, 3))
+        await pilot.pause()
+        table.post_message = post
+        assert chosen == [table.call_ids()[top + 1]]
+        # select_call (the approval queue's ] and [) puts the cursor on a call and stops following
+        await pilot.press("F")
+        assert table.select_call(table.call_ids()[3]) and table.cursor_row == 3 and not table.following
+        await pilot.pause()
+        assert '"n3"' in detail() and int(table.scroll_y) <= 3
+        assert not table.select_call("no-such-call")
         await pilot.press("F")
         # the wheel scrolls the view up and stops following
         table.post_message(events.MouseScrollUp(table, 12, 4, 0, -1, 0, False, False, False))

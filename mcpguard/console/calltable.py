@@ -7,9 +7,10 @@ public API keeps the table.
 
 What it shows comes from the screen (attributes down): `rebuild(model)`,
 `apply(model, new, changed, evicted)` per batch of events, `set_filter`,
-`fit`. What it says goes up as messages: `CallTable.Highlighted(call_id)`
-when the call under the cursor changes, `CallTable.FollowChanged` when
-following starts or stops.
+`fit`, `select_call`. What it says goes up as messages:
+`CallTable.Highlighted(call_id)` when the call under the cursor changes,
+`CallTable.Selected(call_id)` when a click lands on the row already under
+the cursor, `CallTable.FollowChanged` when following starts or stops.
 
 Following: while `following` the newest row is in view and under the
 cursor, whatever the panes around the table do to its height (the view is
@@ -236,7 +237,7 @@ class CallTable(ScrollView, can_focus=True):
     `following` is True while the newest row is kept in view and under the
     cursor; `new_count` counts rows that arrived since following stopped; the
     border subtitle says which (`following`, `3 new · F follow`, `paused · F follow`).
-    Posts `Highlighted` and `FollowChanged`. Keys: `nav` of the key table
+    Posts `Highlighted`, `Selected` and `FollowChanged`. Keys: `nav` of the key table
     (`j k g G`) and arrows, page up/down, home/end.
     """
 
@@ -292,6 +293,18 @@ class CallTable(ScrollView, can_focus=True):
             super().__init__()
             self.table = table
             self.following = following
+
+        @property
+        def control(self) -> CallTable:
+            return self.table
+
+    class Selected(Message):
+        """The person chose `call_id`'s row: a click on the row already under the cursor."""
+
+        def __init__(self, table: CallTable, call_id: str) -> None:
+            super().__init__()
+            self.table = table
+            self.call_id = call_id
 
         @property
         def control(self) -> CallTable:
@@ -366,6 +379,16 @@ class CallTable(ScrollView, can_focus=True):
     def selected_call_id(self) -> str | None:
         """The call under the cursor, or None when the table is empty."""
         return self._rows[self._head + self._cursor] if self.row_count else None
+
+    def select_call(self, call_id: str) -> bool:
+        """Put the cursor on `call_id`'s row (in view) and stop following; False when it has no row
+        (filtered out or evicted)."""
+        i = self._pos.get(call_id)
+        if i is None:
+            return False
+        self.stop_following()
+        self._move_cursor(i - self._head)
+        return True
 
     def cell_text(self, call_id: str, key: str) -> str:
         """What the row of `call_id` shows in column `key` (`tool`, `decision`, ...), without padding.
@@ -688,11 +711,16 @@ class CallTable(ScrollView, can_focus=True):
         return row if row < self.row_count else None
 
     def on_click(self, event: events.Click) -> None:
-        """A click on a row puts the cursor on it (and stops following)."""
+        """A click on a row puts the cursor on it (and stops following); a click on the row under
+        the cursor selects it (`Selected`)."""
         row = self._row_at(event)
-        if row is not None:
-            self.stop_following()
-            self._move_cursor(row)
+        if row is None:
+            return
+        again = row == self._cursor and self.row_count > 0
+        self.stop_following()
+        self._move_cursor(row)
+        if again:
+            self.post_message(self.Selected(self, self._rows[self._head + row]))
 
     def on_mouse_move(self, event: events.MouseMove) -> None:
         row = self._row_at(event)
