@@ -298,6 +298,9 @@ async def test_keys_and_the_mouse_move_the_cursor_and_end_and_F_follow_again(tmp
         await pilot.pause()
         table.post_message = post
         assert chosen == [table.call_ids()[top + 1]]
+        if app.screen is not app.main:  # the screen opened what was chosen (a call view): back
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is app.main, "back on the main screen")
         # select_call (the approval queue's ] and [) puts the cursor on a call and stops following
         await pilot.press("F")
         assert table.select_call(table.call_ids()[3]) and table.cursor_row == 3 and not table.following
