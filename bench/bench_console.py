@@ -224,7 +224,7 @@ async def bench_app(args: argparse.Namespace, work: Path) -> dict:
             table = app.main.query_one("#calls")
             res["rows"] = table.row_count
             res["model_rows"] = len(app.model.calls)
-            res["dropped"] = app._sub.dropped
+            res["dropped"] = app.model.dropped_events  # what the status bar shows as "events dropped"
         finally:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):

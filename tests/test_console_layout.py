@@ -70,9 +70,9 @@ async def test_a_shadow_rule_lets_the_call_through_and_the_console_says_what_it_
                 assert not (await s.call_tool("count_items", {"items": []})).is_error
         table = app.main.query_one("#calls")
         await until(pilot, lambda: table.row_count == 4 and all(r.done for r in app.model.calls.values()), "4 rows")
-        cells = [str(table.get_cell(c, "decision")) for c in app.model.calls]
+        cells = [table.cell_text(c, "decision") for c in app.model.calls]
         assert cells == ["would ✗", "allow", "allow", "would ≤"]
-        results = [str(table.get_cell(c, "result")) for c in app.model.calls]
+        results = [table.cell_text(c, "result") for c in app.model.calls]
         assert results == ["ok"] * 4
         gauges = text_of(app.main.query_one("#gauges"))
         assert "count_trial shadow" in gauges and "▒" in gauges and "would limit" in gauges, gauges

@@ -9,7 +9,9 @@ timed assertions.
 from __future__ import annotations
 
 import asyncio
+import html
 import io
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,32 @@ def text_of(widget: Any) -> str:
     return console.export_text()
 
 
+_SVG_TEXT = re.compile(r'<text class="[^"]*" x="([0-9.]+)" y="[0-9.]+" textLength="[0-9.]+" '
+                       r'clip-path="url\(#terminal-(?:\d+-)?line-(\d+)\)">([^<]*)</text>')
+
+
+def screen_lines(app: Any) -> list[str]:
+    """The terminal as a person sees it now: one string per line, every widget composited.
+
+    Read from `App.export_screenshot()` (Rich's SVG of the screen, 12.2 px per cell).
+    """
+    width, height = app.size
+    grid = [[" "] * width for _ in range(height)]
+    for x, line, text in _SVG_TEXT.findall(app.export_screenshot()):
+        col, row = round(float(x) / 12.2), int(line)
+        for i, ch in enumerate(html.unescape(text).replace("\xa0", " ")):
+            if row < height and col + i < width:
+                grid[row][col + i] = ch
+    return ["".join(r) for r in grid]
+
+
+def table_lines(app: Any) -> list[str]:
+    """The call table's lines as shown on screen (its region of `screen_lines`), header first."""
+    table = app.main.query_one("#calls")
+    r = table.content_region
+    return [line[r.x:r.right] for line in screen_lines(app)[r.y:r.bottom]]
+
+
 def make_app(tmp_path: Path, policy: str = POLICY) -> ConsoleApp:
     cfg = make_config(tmp_path, [everything_server("ev", tmp_path, policy)],
                       url_file=str(tmp_path / "url"))
@@ -79,8 +107,9 @@ def make_app(tmp_path: Path, policy: str = POLICY) -> ConsoleApp:
 
 
 def decision_cell(app: ConsoleApp, call_id: str) -> str:
+    """What the call's row shows in the decision column."""
     table = app.main.query_one("#calls")
-    return str(table.get_cell(call_id, "decision"))
+    return table.cell_text(call_id, "decision")
 
 
 async def started(pilot: Any, app: ConsoleApp) -> None:
@@ -171,7 +200,7 @@ async def test_table_rows_decisions_filter_and_tree(tmp_path: Path) -> None:
                 await s.call_tool("count_items", {"items": []})
         table = app.main.query_one("#calls")
         await until(pilot, lambda: table.row_count == 4 and app.model.denied_total == 2, "4 rows")
-        decisions = [str(table.get_cell(k, "decision")) for k in app.model.calls]
+        decisions = [table.cell_text(k, "decision") for k in app.model.calls]
         assert decisions == ["deny", "allow", "allow", "limited"]
         status = text_of(app.main.query_one("#status"))
         assert "2 denied" in status and app.control.gateway.url("ev") in status
@@ -216,6 +245,79 @@ async def test_follow_stops_when_the_person_moves_and_F_resumes(tmp_path: Path) 
             assert "echo" in detail and '"text"' in detail
 
 
+async def test_keys_and_the_mouse_move_the_cursor_and_end_and_F_follow_again(tmp_path: Path) -> None:
+    """j k g G, arrows, page up/down, home/end, a click and the wheel, on a table longer than the screen."""
+    from textual import events
+
+    app = make_app(tmp_path, 'version = "1"\ndefault = "allow"\n')
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        table = app.main.query_one("#calls")
+        async with client(app.control.gateway.url("ev")) as s:
+            for i in range(30):
+                await s.call_tool("echo", {"text": f"n{i}"})
+        await until(pilot, lambda: table.row_count == 30, "30 rows")
+
+        def on_screen() -> list[str]:
+            return [line for line in table_lines(app)[1:] if "echo" in line]
+
+        def detail() -> str:
+            return text_of(app.main.query_one("#detail-body"))
+
+        shown = len(on_screen())
+        assert 5 < shown < 30 and table.following and table.cursor_row == 29
+        assert '"n29"' in detail()
+        await pilot.press("g")
+        assert table.cursor_row == 0 and not table.following and table.border_subtitle == "paused · F follow"
+        assert int(table.scroll_y) == 0 and '"n0"' in detail()  # the first rows are on screen
+        await pilot.press("j", "down")
+        assert table.cursor_row == 2
+        await pilot.press("pagedown")
+        assert table.cursor_row == 2 + shown - 1
+        await pilot.press("k", "up")
+        assert table.cursor_row == shown - 1
+        await pilot.press("G")
+        assert table.following and table.cursor_row == 29 and '"n29"' in detail()
+        await pilot.press("up")
+        assert not table.following and table.cursor_row == 28
+        await pilot.press("end")
+        assert table.following and table.cursor_row == 29
+        await pilot.press("home")
+        assert table.cursor_row == 0
+        await pilot.press("pageup")
+        assert table.cursor_row == 0
+        await pilot.press("F")
+        assert table.following and table.border_subtitle == "following"
+        # a click on the second row on screen (the border and the header above it)
+        top = 30 - shown
+        await pilot.click("#calls", offset=(12, 3))
+        await pilot.pause()
+        assert table.cursor_row == top + 1 and not table.following and f'"n{top + 1}"' in detail()
+        # a second click on the row under the cursor chooses it
+        chosen: list[str] = []
+        post = table.post_message
+        table.post_message = lambda m: (chosen.append(m.call_id) if isinstance(m, type(table).Selected)
+                                        else None) or post(m)
+        await pilot.click("#calls", offset=(12, 3))
+        await pilot.pause()
+        table.post_message = post
+        assert chosen == [table.call_ids()[top + 1]]
+        if app.screen is not app.main:  # the screen opened what was chosen (a call view): back
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is app.main, "back on the main screen")
+        # select_call (the approval queue's ] and [) puts the cursor on a call and stops following
+        await pilot.press("F")
+        assert table.select_call(table.call_ids()[3]) and table.cursor_row == 3 and not table.following
+        await pilot.pause()
+        assert '"n3"' in detail() and int(table.scroll_y) <= 3
+        assert not table.select_call("no-such-call")
+        await pilot.press("F")
+        # the wheel scrolls the view up and stops following
+        table.post_message(events.MouseScrollUp(table, 12, 4, 0, -1, 0, False, False, False))
+        await pilot.pause()
+        assert not table.following and int(table.scroll_y) < top and len(on_screen()) == shown
+
+
 async def test_help_palette_theme_and_quit(tmp_path: Path) -> None:
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
@@ -234,6 +336,41 @@ async def test_help_palette_theme_and_quit(tmp_path: Path) -> None:
         assert app.theme_variables["risk-critical"] == "#d70057"
         await pilot.press("ctrl+q")
     assert app.return_code == 0
+
+
+async def test_the_palette_picks_ansi_light_and_the_console_keeps_drawing_in_its_colors(tmp_path: Path) -> None:
+    """ctrl+p, Theme, ansi-light: the terminal's own colors, which Rich spells differently from Textual."""
+    from textual.command import CommandPalette
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        async with client(app.control.gateway.url("ev")) as s:
+            await s.call_tool("delete_thing", {"id": "x"})
+            await s.call_tool("status", {})
+        table = app.main.query_one("#calls")
+        await until(pilot, lambda: table.row_count == 2, "2 rows")
+
+        def hits() -> int:
+            return app.screen.query_one("CommandList").option_count if isinstance(app.screen, CommandPalette) else 0
+
+        await pilot.press("ctrl+p")
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette), "the palette")
+        await pilot.press(*"theme")
+        await until(pilot, lambda: hits() > 0, "commands found")
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette) and hits() > 5, "the themes")
+        await pilot.press(*"ansi-light")
+        await until(pilot, lambda: hits() > 0, "ansi-light found")
+        await pilot.press("enter")
+        await until(pilot, lambda: app.theme == "ansi-light" and not isinstance(app.screen, CommandPalette),
+                    "ansi-light applied")
+        await pilot.pause()
+        lines = screen_lines(app)  # drawing the screen is where a color Rich cannot parse raised
+        assert any("delete_thing" in line and "deny" in line for line in lines)
+        assert app.return_code is None  # still running
+        colors = {level: app.theme_variables[f"risk-{level}"] for level in ("low", "medium", "high", "critical")}
+        assert len(set(colors.values())) == 4, colors
 
 
 async def test_ctrl_q_with_pending_asks_and_denies(tmp_path: Path) -> None:
@@ -323,8 +460,7 @@ async def test_the_table_keeps_the_newest_max_rows_even_when_evicted_calls_finis
         table = app.main.query_one("#calls")
 
         def shown() -> list[Any]:
-            return [app.model.calls[table.coordinate_to_cell_key((r, 0)).row_key.value].arguments
-                    for r in range(table.row_count)]
+            return [app.model.calls[cid].arguments for cid in table.call_ids()]
 
         async with client(app.control.gateway.url("ev")) as s:
             calls = []
@@ -341,11 +477,11 @@ async def test_the_table_keeps_the_newest_max_rows_even_when_evicted_calls_finis
             results = await asyncio.wait_for(asyncio.gather(*calls), 30)
             assert [r.is_error for r in results] == [False] * 5
             await until(pilot, lambda: all(app.model.calls[c].done for c in app.model.calls)
-                        and "waiting" not in {str(table.get_cell(c, "result")) for c in app.model.calls},
+                        and "waiting" not in {table.cell_text(c, "result") for c in app.model.calls},
                         "the three rows completed")
             assert table.row_count == 3 and len(app.model.calls) == 3
             assert shown() == [{"text": "t2"}, {"text": "t3"}, {"text": "t4"}]
-            assert [str(table.get_cell(c, "decision")) for c in app.model.calls] == ["approved"] * 3
+            assert [table.cell_text(c, "decision") for c in app.model.calls] == ["approved"] * 3
             for i in range(4):
                 await s.call_tool("count_items", {"items": [{"name": f"n{i}"}]})
         newest = [{"items": [{"name": f"n{i}"}]} for i in (1, 2, 3)]
@@ -354,18 +490,78 @@ async def test_the_table_keeps_the_newest_max_rows_even_when_evicted_calls_finis
 
 
 async def test_a_prompt_opening_under_a_full_table_keeps_the_newest_call_in_view(tmp_path: Path) -> None:
-    """At 80x24 the prompt takes the table's room: the waiting call's row must still show."""
+    """At 80x24 the prompt takes the table's room: the waiting call's row must still be on screen, and
+    stay there while the panes around the table change (the terminal shrinks, the filter box opens)."""
     app = make_app(tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await started(pilot, app)
+        table = app.main.query_one("#calls")
+
+        def newest_on_screen() -> bool:
+            lines = table_lines(app)
+            return any("pending" in line and "echo" in line for line in lines[1:])
+
         async with client(app.control.gateway.url("ev")) as s:
             for i in range(12):
                 await s.call_tool("status", {})
             call = asyncio.create_task(s.call_tool("echo", {"text": "wait"}))
-            await until(pilot, lambda: len(app.model.pending) == 1, "approval prompt")
-            table = app.main.query_one("#calls")
-            newest = table.row_count - 1
-            await until(pilot, lambda: table.scroll_y >= table.max_scroll_y and table.max_scroll_y > 0
-                        and table.cursor_row == newest, "newest row in view")
+            await until(pilot, lambda: len(app.model.pending) == 1 and app.main.query_one("#approval").display,
+                        "approval prompt")
+            await until(pilot, newest_on_screen, "the waiting call's row on screen")
+            assert table.following and table.border_subtitle == "following"
+            assert table.cursor_row == table.row_count - 1
+            for size in ((80, 20), (80, 18), (100, 22), (80, 24)):
+                await pilot.resize_terminal(*size)
+                await pilot.pause()
+                assert newest_on_screen(), (size, "\n".join(table_lines(app)))
+            await pilot.press("slash")  # the filter box takes a line above the table
+            await pilot.pause()
+            assert app.main.query_one("#filter").display and newest_on_screen()
+            await pilot.press("escape")
             await pilot.press("a")
             assert not (await asyncio.wait_for(call, 30)).is_error
+
+
+async def test_the_denied_filter_shows_what_the_status_bar_counts_and_the_other_words_keep_working(
+        tmp_path: Path) -> None:
+    """`N denied` in the status bar and the `/denied` filter mean the same calls: every refused one
+    (`Code.refused`: denied by the policy, rate limited, hidden, the upstream failed)."""
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        table = app.main.query_one("#calls")
+        async with client(app.control.gateway.url("ev")) as s:
+            await s.call_tool("delete_thing", {"id": "x"})  # policy_denied
+            for _ in range(3):
+                await s.call_tool("count_items", {"items": []})  # the third is rate_limited
+            await s.call_tool("secret_tool", {})  # hidden
+            with pytest.raises(Exception):  # noqa: B017 - the upstream's JSON-RPC error, re-raised
+                await s.call_tool("fail_rpc", {})  # upstream_error
+            await s.call_tool("status", {})
+            call = asyncio.create_task(s.call_tool("echo", {"text": "ask"}))
+            await until(pilot, lambda: table.row_count == 8 and app.model.denied_total == 4
+                        and len(app.model.pending) == 1, "8 rows, 4 denied, 1 pending")
+            status = text_of(app.main.query_one("#status"))
+            assert "4 denied" in status
+
+            async def rows_for(word: str) -> list[str]:
+                await pilot.press("ctrl+a", "ctrl+k", *word)
+                return [line for line in table_lines(app)[1:] if line.strip()]
+
+            await pilot.press("slash")
+            denied = await rows_for("denied")
+            assert len(denied) == 4 == table.row_count
+            assert {line.split()[1] for line in denied} == {"delete_thing", "count_items", "secret_tool", "fail_rpc"}
+            assert len(await rows_for("limited")) == 1 and len(await rows_for("rate_limited")) == 1
+            assert len(await rows_for("hidden")) == 1
+            errors = await rows_for("error")
+            assert len(errors) == 1 and "fail_rpc" in errors[0]
+            assert len(await rows_for("pending")) == 1
+            await pilot.press("enter")  # back to the table: `a` answers the prompt
+            await pilot.press("a")
+            assert not (await asyncio.wait_for(call, 30)).is_error
+            await until(pilot, lambda: "approved" in {table.cell_text(c, "decision") for c in table.call_ids()},
+                        "approved")
+            await pilot.press("slash")
+            approved = await rows_for("approved")
+            assert len(approved) == 1 and "echo" in approved[0]

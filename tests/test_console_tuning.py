@@ -199,7 +199,7 @@ async def test_t_h_u_edit_the_file_and_the_next_call_obeys_and_t_resolves_a_pend
             assert 'action = "deny"' in path.read_text()
             cid = next(iter(app.model.calls))
             table = app.main.query_one("#calls")
-            await until(pilot, lambda: str(table.get_cell(cid, "decision")) == "policy ✗", "row says so")
+            await until(pilot, lambda: table.cell_text(cid, "decision") == "policy ✗", "row says so")
             assert any("the policy changed while it waited; denied" in n for n in notes(app)), notes(app)
             res = await s.call_tool("echo", {"text": "next"})
             assert res.meta["mcpguard/decision"]["code"] == "policy_denied"

@@ -34,7 +34,7 @@ from mcpguard.console.model import CallLog
 from mcpguard.console.screens import (
     ApprovalQueueScreen, ConfirmQuitScreen, EditorScreen, HelpScreen, MainScreen, tool_detail_text,
 )
-from mcpguard.console.themes import DEFAULT_THEME, load_themes, resolve_theme_name
+from mcpguard.console.themes import DEFAULT_THEME, load_themes, resolve_theme_name, risk_variables
 from mcpguard.console.widgets import ServerView, ToolView
 from mcpguard.control import Control, ControlError, Snapshot
 
@@ -156,6 +156,12 @@ class ConsoleApp(App[int]):
         return cls(LocalControl(gateway), start=gateway.start if start_gateway else None,
                    stop=stop if start_gateway else None, owner=True, **kw)
 
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        """The risk, gauge and pending colors for whichever theme is current (`themes.risk_variables`):
+        a theme that defines them (the `themes/*.toml` files) overrides these, and every other theme the
+        palette offers (Textual's own) gets them from its own palette."""
+        return {**super().get_theme_variable_defaults(), **risk_variables(self.current_theme)}
+
     # -- life cycle -----------------------------------------------------------------
     async def on_mount(self) -> None:
         themes, self.theme_errors = load_themes()
@@ -258,6 +264,7 @@ class ConsoleApp(App[int]):
         self._snap_at = time.monotonic()
         for s in snap.servers:
             self.model.sync_counters(s.name, s.counters, self.clock())
+            self.model.sync_tools(s.name, (t.name for t in s.tools))
         self.model.sync_pending(snap.pending, snap.taken_at)
         if self.main is not None and self.main.is_mounted:
             self.main.refresh_tree()

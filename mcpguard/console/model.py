@@ -15,16 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcpguard import events as ev
-
-DENIAL_CODES = frozenset({
-    "policy_denied", "rate_limited", "approval_denied", "approval_timeout",
-    "policy_changed", "hidden", "no_policy", "tool_changed", "denied", "timed_out",
-})
-
+from mcpguard.codes import Code, code_of
 
 #: decision codes as the table shows them (at most 9 columns wide)
-SHORT_CODES = {"policy_denied": "deny", "rate_limited": "limited", "hidden": "hidden",
-               "no_policy": "no policy", "tool_changed": "changed", "approval_required": "pending"}
+SHORT_CODES: dict[Code, str] = {Code.POLICY_DENIED: "deny", Code.RATE_LIMITED: "limited", Code.HIDDEN: "hidden",
+                                Code.NO_POLICY: "no policy", Code.TOOL_CHANGED: "changed",
+                                Code.APPROVAL_REQUIRED: "pending"}
+
+#: The word the `/` filter matches on every refused call (`Code.refused`), as the status bar counts them.
+DENIED_WORD = "denied"
 
 
 #: the table's decision of a call a shadow rule would have refused: the glyphs of the tree's states
@@ -91,9 +90,15 @@ class CallRecord:
 
     @property
     def denied(self) -> bool:
-        """True when mcpguard answered the call with a denial."""
+        """True when the call did not get the upstream's answer: its outcome is `Code.refused`.
+
+        Before the outcome is known: a deny decision, or an approval denied, timed
+        out or withdrawn by a policy change. An outcome that is no `Code` (a newer
+        gateway's) counts as not denied.
+        """
         if self.outcome is not None:
-            return self.outcome in DENIAL_CODES
+            code = code_of(self.outcome)
+            return code is not None and code.refused
         return self.action == "deny" or self.approval_outcome in ("denied", "timed_out") or (
             self.approval_outcome == "policy_changed" and self.approval_approved is False)
 
@@ -102,15 +107,20 @@ class CallRecord:
         """`ok`, `error`, `denied`, `waiting` or `…`."""
         if not self.done:
             return "waiting" if self.pending else "…"
+        code = code_of(self.outcome)
+        if code is not None and code.upstream_fault:
+            return "error"  # it reached (or was meant for) the upstream, which failed
         if self.denied:
             return "denied"
         return "error" if self.is_error else "ok"
 
     def search_text(self) -> str:
-        """What `/` matches against: tool, server, decision, risk, caller; `shadow` and the shadow
-        outcome (`would_deny`, ...) for a call a shadow rule would have refused."""
-        return " ".join(filter(None, (self.tool, self.server, self.decision_label, self.code,
-                                      self.outcome, self.risk, self.caller,
+        """What `/` matches against (lower case): tool, server, caller, risk, the decision and result
+        as the table shows them, the decision and outcome codes, `denied` for every refused call, and
+        `shadow` with the shadow outcome (`would_deny`, ...) for a call a shadow rule would have refused."""
+        return " ".join(filter(None, (self.tool, self.server, self.caller, self.risk, self.decision_label,
+                                      self.result_label, self.code, self.outcome,
+                                      DENIED_WORD if self.denied else None,
                                       f"shadow {self.would} {self.would_code}" if self.would else None))).lower()
 
 
@@ -162,6 +172,17 @@ class CallLog:
         self.policy_errors: dict[str, tuple[str, ...]] = {}
         self.upstream_state: dict[str, str] = {}
         self.changed_tools: set[tuple[str, str]] = set()
+        #: server -> the names of its tools (the snapshot's `tools/list`); the table sizes its columns on them
+        self.tools: dict[str, tuple[str, ...]] = {}
+        #: bumped whenever `tools` changes, so a view sized on it knows to size again
+        self.tools_version = 0
+
+    def sync_tools(self, server: str, names: Iterable[str]) -> None:
+        """Record the names of `server`'s tools (from a snapshot); `tools_version` moves only on a change."""
+        names = tuple(names)
+        if self.tools.get(server) != names:
+            self.tools[server] = names
+            self.tools_version += 1
 
     def sync_counters(self, server: str, views: Iterable[Any], now: float) -> None:
         """Replace `server`'s counters with `views` (`mcpguard.ratelimit.CounterView`s
@@ -274,7 +295,8 @@ class CallLog:
             elif isinstance(e, ev.CallCompleted):
                 rec = self._record(e.call_id, e)
                 if rec is None:  # evicted before it completed: counted, no row
-                    if e.outcome in DENIAL_CODES:
+                    code = code_of(e.outcome)
+                    if code is not None and code.refused:
                         self.denied_total += 1
                     continue
                 rec.pending = False

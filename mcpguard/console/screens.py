@@ -12,12 +12,13 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Footer, Input, Label, Static, TextArea, Tree
+from textual.widgets import Button, Footer, Input, Label, Static, TextArea, Tree
 
 from mcpguard.console.approving import ApprovalActions, ApprovalPrompt
+from mcpguard.console.calltable import CallTable
 from mcpguard.console.keymap import CONTEXT_TITLES, KEYS, bindings
 from mcpguard.console.widgets import (
-    STATE_WORD, CallTable, DetailPane, GaugePanel, ServerTree, StatusBar,
+    STATE_WORD, DetailPane, GaugePanel, ServerTree, StatusBar,
     fmt_window, theme_color,
 )
 
@@ -124,13 +125,11 @@ class MainScreen(ApprovalActions, Screen):
         if rec is not None:
             self.query_one("#detail", DetailPane).show_call(rec)
 
-    @on(DataTable.RowHighlighted, "#calls")
-    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key is None or not event.row_key.value:
-            return
-        self._show_call(event.row_key.value)
+    @on(CallTable.Highlighted, "#calls")
+    def _row_highlighted(self, event: CallTable.Highlighted) -> None:
+        self._show_call(event.call_id)
         table = self.query_one("#calls", CallTable)
-        rec = self.app.model.calls.get(event.row_key.value)
+        rec = self.app.model.calls.get(event.call_id)
         # the person's choice, never the cursor following new rows: a call arriving must not
         # take the prompt from under a key about to be pressed
         if rec is not None and rec.pending and rec.approval_id and table.has_focus and not table.following:
@@ -139,10 +138,9 @@ class MainScreen(ApprovalActions, Screen):
                 prompt.select(rec.approval_id)
                 self.app.refresh_pending()
 
-    @on(DataTable.RowSelected, "#calls")
-    def _row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.row_key is not None and event.row_key.value:
-            self.app.open_call(event.row_key.value)
+    @on(CallTable.Selected, "#calls")
+    def _row_selected(self, event: CallTable.Selected) -> None:
+        self.app.open_call(event.call_id)
 
     def action_open_call(self) -> None:
         sel = self.query_one("#calls", CallTable).selected_call_id()
