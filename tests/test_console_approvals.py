@@ -113,6 +113,13 @@ async def test_the_pending_row_a_person_selects_is_the_one_the_prompt_shows_and_
             await pilot.press("k", "j")  # the person moves onto it
             await until(pilot, lambda: 'text: "second"' in prompt_text(app), "the prompt follows the selection")
             assert "approval 2 of 2" in str(app.main.query_one("#approval").border_title)
+            await pilot.press("left_square_bracket")  # [ : the previous one, and the table's cursor with it
+            await until(pilot, lambda: 'text: "first"' in prompt_text(app), "[ goes back to the first")
+            assert app.model.calls[table.selected_call_id()].arguments == {"text": "first"}
+            await settled(pilot, app)
+            await pilot.press("right_square_bracket")
+            await until(pilot, lambda: 'text: "second"' in prompt_text(app), "] goes on to the second")
+            await settled(pilot, app)
             await pilot.press("a")
             res = await asyncio.wait_for(second, 30)
             assert res.content[0].text == "second"
@@ -191,6 +198,8 @@ async def test_e_edits_the_arguments_checked_against_the_input_schema_and_approv
             await pilot.press("ctrl+s")  # refused: nothing is sent
             await pilot.pause(0.2)
             assert isinstance(app.screen, EditArgumentsScreen) and not call.done()
+            await pilot.press("ctrl+r")  # back to what the agent sent
+            assert json.loads(area.text) == {"text": "Production"}
             area.text = '{"text": "Staging"}'
             await until(pilot, lambda: "fits the tool's inputSchema" in text_of(errors), "valid")
             await pilot.press("ctrl+s")
@@ -284,6 +293,8 @@ async def test_enter_opens_the_call_full_screen_search_finds_a_value_and_y_copie
         await pilot.press("n")  # the next match: inside the result's text
         await until(pilot, lambda: "names" in str(tree.cursor_node.label) or "text" in str(tree.cursor_node.label),
                     "the second match")
+        await pilot.press("N")  # back to the previous match
+        await until(pilot, lambda: "item-6" in str(tree.cursor_node.label), "N: the first match again")
         await pilot.press("y")
         assert json.loads(app.clipboard) == {"items": items}
         await pilot.press("Y")
