@@ -66,6 +66,18 @@ def prompt_text(app: ConsoleApp) -> str:
     return text_of(app.main.query_one("#approval"))
 
 
+def screen_lines(app: ConsoleApp) -> list[str]:
+    """The screen as a person sees it: the text rows of `App.export_screenshot()` (an SVG), top to bottom."""
+    import html
+    import re
+    from collections import defaultdict
+
+    rows: dict[float, list[tuple[float, str]]] = defaultdict(list)
+    for m in re.finditer(r'<text[^>]*x="([\d.]+)" y="([\d.]+)"[^>]*>(.*?)</text>', app.export_screenshot(), re.S):
+        rows[float(m.group(2))].append((float(m.group(1)), html.unescape(re.sub(r"<[^>]+>", "", m.group(3)))))
+    return ["".join(t for _, t in sorted(r)).replace("\xa0", " ") for _, r in sorted(rows.items())]
+
+
 async def settled(pilot: Any, app: ConsoleApp) -> None:
     prompt = app.main.query_one("#approval")
     await until(pilot, lambda: prompt.display and not prompt.settling(), "the prompt settled")
@@ -82,11 +94,15 @@ async def test_the_prompt_shows_the_whole_call_at_80x24_and_z_unfolds_long_value
             await settled(pilot, app)
             p = next(iter(app.model.pending.values()))
             shown = prompt_text(app)
-            for part in ("echo", "on ev", "risk", "caller", p.session_id, p.digest.removeprefix("sha256:")[:12],
+            for part in ("echo", "on ev", "risk", "caller", p.session_id[:12], p.digest.removeprefix("sha256:")[:12],
                          "Echo needs a person.", 'stage: "Production"', "archive_existing: false", '"a": [',
                          "1 long value folded: z shows all"):
                 assert part in shown, (part, shown)
             assert "THE-END" not in shown
+            # on the screen, before any scrolling: every argument (the stage being approved), the keys
+            seen = "\n".join(screen_lines(app))
+            for part in ('stage: "Production"', "archive_existing: false", "text:", "A  session"):
+                assert part in seen, (part, seen)
             assert not app.main.query_one("#detail").display  # the prompt is the detail of the pending call
             await pilot.press("z")
             await until(pilot, lambda: "THE-END" in prompt_text(app), "unfolded")

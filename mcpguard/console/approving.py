@@ -1,9 +1,9 @@
 """Answering approvals: the prompt that shows the pending call, and the screens that answer it.
 
 - `ApprovalPrompt`: the current pending call of the queue ("1 of 3") in
-  full: tool, server, risk and where the risk came from, caller, session,
-  the policy's reason and rule, the approval's digest, every argument
-  pretty-printed and wrapped (scrollable), long strings folded until `z`.
+  full: tool, server, risk and where the risk came from, every argument
+  (pretty-printed and wrapped, scrollable, long strings folded until `z`),
+  the policy's reason and rule, caller, session, the approval's digest.
 - `ApprovalActions`: the keys of the `approval` context (`a`, `d`, `D`,
   `e`, `A`, `]`, `[`, `z`) for any screen that shows an `ApprovalPrompt`.
 - `DenyReasonScreen`: `D`, a reason typed for the agent to read.
@@ -128,6 +128,7 @@ class ApprovalPrompt(Vertical):
         self._shown: tuple | None = None
         self._switched_at = 0.0
         self._first_shown: dict[str, float] = {}
+        self._last: tuple[list[Any], float] | None = None
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(classes="approval-body"):
@@ -161,6 +162,7 @@ class ApprovalPrompt(Vertical):
 
     # -- drawing -------------------------------------------------------------------
     def show(self, pending: list[Any], now: float) -> None:
+        self._last = (pending, now) if pending else None
         if not pending:
             self.current_id = None
             self._shown = None
@@ -187,6 +189,12 @@ class ApprovalPrompt(Vertical):
         self.query_one(".approval-keys", Static).update(self._keys(len(pending) > 1, width))
         self.query_one(".approval-body", VerticalScroll).scroll_home(animate=False)
 
+    def on_resize(self) -> None:
+        """Draw again for the width the prompt has now: a first `show` may come before its layout,
+        and the keys line picks its labels (and the session id its length) by width."""
+        if self._last is not None:
+            self.show(*self._last)
+
     def _body(self, p: Any) -> Text:
         risk_color = theme_color(self, f"risk-{p.risk}") if p.risk else ""
         t = Text()
@@ -199,21 +207,8 @@ class ApprovalPrompt(Vertical):
             source = self._risk_source(p.server, p.tool)
             if source:
                 t.append(f" ({source})", style="dim")
-        t.append("\ncaller ", style="dim")
-        t.append(p.client or p.grant)
-        if p.client and p.grant:
-            t.append("  grant ", style="dim")
-            t.append(p.grant)
-        if p.session_id:
-            t.append("  session ", style="dim")
-            t.append(p.session_id)
-        if getattr(p, "digest", ""):
-            t.append("  digest ", style="dim")
-            t.append(p.digest.removeprefix("sha256:")[:12])
-        t.append("\n")
-        t.append(p.reason or "the policy asks a person for this tool", style="italic")
-        if getattr(p, "rule", None):
-            t.append(f"  ({p.rule})", style="dim")
+        # The arguments come right after the tool: they are what is being approved, and on a
+        # small terminal (80x24) the prompt has about nine lines before it scrolls.
         args, folded = render_arguments(p.arguments, unfold=p.approval_id in self._unfolded)
         t.append("\n")
         t.append("arguments", style="bold underline")
@@ -224,6 +219,23 @@ class ApprovalPrompt(Vertical):
             t.append("  unfolded: z folds", style="dim")
         t.append("\n")
         t.append_text(args)
+        t.append("\n")
+        t.append(p.reason or "the policy asks a person for this tool", style="italic")
+        if getattr(p, "rule", None):
+            t.append(f"  ({p.rule})", style="dim")
+        t.append("\ncaller ", style="dim")
+        t.append(p.client or p.grant)
+        if p.client and p.grant:
+            t.append("  grant ", style="dim")
+            t.append(p.grant)
+        if p.session_id:
+            t.append("  session ", style="dim")
+            # whole where it fits; the sessions pane (S) always has it whole
+            narrow = (self.content_region.width or 80) < 100 and len(p.session_id) > 12
+            t.append(p.session_id[:12] + "…" if narrow else p.session_id)
+        if getattr(p, "digest", ""):
+            t.append("  digest ", style="dim")
+            t.append(p.digest.removeprefix("sha256:")[:12])
         return t
 
     def _risk_source(self, server: str, tool: str) -> str:
