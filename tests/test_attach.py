@@ -197,7 +197,8 @@ async def test_a_console_attached_after_the_agent_started_still_shows_its_first_
 
 async def _read_events(http: httpx2.AsyncClient, base: str, token: str, *, until_type: str,
                        last_id: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """(id, event) pairs from the control event stream up to the first event of `until_type` (bounded: 20 s)."""
+    """(id, event) pairs from the control event stream up to the batch with the first event of `until_type`
+    (bounded: 20 s); each event's id is its number, worked out from its batch's id."""
     got: list[tuple[str, dict[str, Any]]] = []
     headers = {"authorization": f"Bearer {token}", **({"last-event-id": last_id} if last_id else {})}
 
@@ -205,9 +206,12 @@ async def _read_events(http: httpx2.AsyncClient, base: str, token: str, *, until
         async with http.stream("GET", f"{base}/control/events", headers=headers) as r:
             assert r.status_code == 200
             async for sse in httpx2.EventSource(r):
-                if sse.event == "message" and sse.data:
-                    got.append((sse.id, sse.json()))
-                    if got[-1][1]["type"] == until_type:
+                if sse.event == "events" and sse.data:
+                    batch = sse.json()  # a JSON array; the message's id is its last event's number
+                    boot, _, last = sse.id.partition("-")
+                    for i, event in enumerate(batch):
+                        got.append((f"{boot}-{int(last) - len(batch) + 1 + i}" if sse.id else "", event))
+                    if any(e["type"] == until_type for e in batch):
                         return
 
     await asyncio.wait_for(read(), 20)
