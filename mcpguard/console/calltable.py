@@ -311,12 +311,16 @@ class CallTable(ScrollView, can_focus=True):
             return self.table
 
     class Highlighted(Message):
-        """The call under the cursor is now `call_id` (a row moved under it, or it moved)."""
+        """The call under the cursor is now `call_id` (a row moved under it, or it moved).
 
-        def __init__(self, table: CallTable, call_id: str) -> None:
+        `arrived`: the cursor went to a new call because the table follows and it came in
+        (nobody moved it)."""
+
+        def __init__(self, table: CallTable, call_id: str, arrived: bool = False) -> None:
             super().__init__()
             self.table = table
             self.call_id = call_id
+            self.arrived = arrived
 
         @property
         def control(self) -> CallTable:
@@ -337,6 +341,7 @@ class CallTable(ScrollView, can_focus=True):
         self._cursor = 0
         self._hover = -1
         self._highlighted: str | None = None
+        self._arriving = False  # set while a followed table moves its cursor to a call that came in
         # the column layout and the folds it needs
         self._columns: tuple[Column, ...] = ()
         self._fitted: tuple = ()
@@ -472,7 +477,11 @@ class CallTable(ScrollView, can_focus=True):
             return
         self._update_virtual_size()
         if self.following:
-            self._move_cursor(self.row_count - 1, scroll=False)
+            self._arriving = True
+            try:
+                self._move_cursor(self.row_count - 1, scroll=False)
+            finally:
+                self._arriving = False
             self._pin_bottom()
         elif added:
             self.new_count += added
@@ -647,7 +656,7 @@ class CallTable(ScrollView, can_focus=True):
         cid = self.selected_call_id()
         if cid is not None and cid != self._highlighted:
             self._highlighted = cid
-            self.post_message(self.Highlighted(self, cid))
+            self.post_message(self.Highlighted(self, cid, arrived=self._arriving))
 
     def _move_cursor(self, row: int, scroll: bool = True) -> None:
         row = max(0, min(row, self.row_count - 1)) if self.row_count else 0

@@ -38,6 +38,14 @@ class MainScreen(ApprovalActions, Screen):
     BINDINGS = bindings("approval", "main", "tune")
     app: ConsoleApp
 
+    #: while the table follows new calls, the detail pane shows the newest at most this often
+    #: (seconds): under load it would otherwise be laid out again for every batch, most of the
+    #: console's cost, and nobody reads a pane that changes ten times a second
+    DETAIL_FOLLOW_S = 0.5
+    _detail_at = 0.0
+    _detail_next: str | None = None
+    _detail_timer: Any = None
+
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
         with Horizontal(id="body"):
@@ -80,7 +88,7 @@ class MainScreen(ApprovalActions, Screen):
         table.apply(self.app.model, new, changed, evicted)
         sel = table.selected_call_id()
         if sel is not None and (sel in changed or sel in new) and table.has_focus:
-            self._show_call(sel)
+            self._show_call(sel, following=table.following)  # a change the person did not make
 
     def refresh_pending(self) -> None:
         prompt = self.query_one("#approval", ApprovalPrompt)
@@ -120,15 +128,37 @@ class MainScreen(ApprovalActions, Screen):
         detail.show_text(self.app.welcome_text())
 
     # -- selection ----------------------------------------------------------------
-    def _show_call(self, call_id: str) -> None:
+    def _show_call(self, call_id: str, *, following: bool = False) -> None:
+        """Show `call_id` in the detail pane: at once for a person's choice; while the table
+        follows new calls, at once if the pane has not changed for `DETAIL_FOLLOW_S`, else then."""
+        import time
+
+        if following:
+            self._detail_next = call_id
+            if self._detail_timer is not None:
+                return
+            wait = self._detail_at + self.DETAIL_FOLLOW_S - time.monotonic()
+            if wait > 0:
+                self._detail_timer = self.set_timer(wait, self._detail_due)
+                return
+        elif self._detail_timer is not None:
+            self._detail_timer.stop()
+            self._detail_timer = None
+        self._detail_next = None
+        self._detail_at = time.monotonic()
         rec = self.app.model.calls.get(call_id)
         if rec is not None:
             self.query_one("#detail", DetailPane).show_call(rec)
 
+    def _detail_due(self) -> None:
+        self._detail_timer = None
+        if self._detail_next is not None:
+            self._show_call(self._detail_next, following=True)
+
     @on(CallTable.Highlighted, "#calls")
     def _row_highlighted(self, event: CallTable.Highlighted) -> None:
-        self._show_call(event.call_id)
         table = self.query_one("#calls", CallTable)
+        self._show_call(event.call_id, following=event.arrived)
         rec = self.app.model.calls.get(event.call_id)
         # the person's choice, never the cursor following new rows: a call arriving must not
         # take the prompt from under a key about to be pressed
