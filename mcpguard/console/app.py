@@ -6,7 +6,8 @@ and nothing else: a `LocalControl` for a gateway in this process, a
 keeps the latest `Snapshot` (taken when the gateway's events say what it
 shows changed, and every few seconds), folds the event stream into a
 `CallLog` on a timer (`FLUSH_INTERVAL_S`, 0.1 s), so a burst of calls costs
-at most ten repaints a second, and answers approvals, tunes and saves the
+at most ten repaints a second (about three under load, `BUSY_FLUSH_S`; an
+approval still shows at the next 0.1 s), and answers approvals, tunes and saves the
 policy through the control's commands. Every policy change arrives as an
 event (`PolicyReloaded` with its diff and label, `PolicyRejected` with
 file:line:col), shown as a notification, in the status bar and the tree.
@@ -39,6 +40,13 @@ from mcpguard.console.widgets import ServerView, ToolView
 from mcpguard.control import Control, ControlError, Snapshot
 
 FLUSH_INTERVAL_S = 0.1
+#: under load (a flush that brought at least BUSY_CALLS new calls) the table repaints at most
+#: every BUSY_FLUSH_S seconds: at 100+ calls/s nobody reads rows ten times a second, and the
+#: console's frames would take CPU the gateway and its agents need; approvals, answers and a lost
+#: link still show at the next 0.1 s flush
+BUSY_FLUSH_S = 0.5
+BUSY_CALLS = 10
+_URGENT = frozenset({"ApprovalRequested", "ApprovalResolved", "ControlLink", "PolicyReloaded", "PolicyRejected"})
 TICK_INTERVAL_S = 1.0
 SNAPSHOT_EVERY_S = 5.0
 MAX_EVENTS_PER_FLUSH = 20_000
@@ -140,6 +148,9 @@ class ConsoleApp(App[int]):
         self.view_errors = 0  # refreshes skipped because widgets were mounting or torn down
         self._tree_sig: tuple = ()
         self._bands: frozenset = frozenset()
+        self._held: list[Any] = []      # events drained but not yet painted (under load)
+        self._busy = False              # the last flush brought BUSY_CALLS or more new calls
+        self._flushed_at = 0.0
         self._figures: tuple = ()
         #: the link to the gateway: None when fine, else what the status bar says ("disconnected: ...")
         self.link: str | None = None
@@ -322,18 +333,26 @@ class ConsoleApp(App[int]):
             self.log.warning(f"flush skipped: {exc}")
 
     def _flush_events(self) -> None:
-        batch = []
+        batch, self._held = self._held, []
         while len(batch) < MAX_EVENTS_PER_FLUSH:
             e = self._sub.get_nowait()
             if e is None:
                 break
             batch.append(e)
         if not batch or self.main is None or not self.main.is_mounted:
+            self._held = batch
             return
+        now = time.monotonic()
+        if (self._busy and now - self._flushed_at < BUSY_FLUSH_S and len(batch) < MAX_EVENTS_PER_FLUSH
+                and not any(type(e).__name__ in _URGENT for e in batch)):
+            self._held = batch  # painted again once BUSY_FLUSH_S has passed
+            return
+        self._flushed_at = now
         pending_before = len(self.model.pending)
         log = self.model
         log.evicted.clear()
         new, changed = log.apply(batch)
+        self._busy = len(new) >= BUSY_CALLS
         evicted = list(log.evicted)
         log.evicted.clear()
         self.main.apply_batch(new, changed, evicted)
