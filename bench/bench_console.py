@@ -60,14 +60,7 @@ SIZE = (120, 36)
 
 def rss_mb() -> float:
     """Resident set size of this process in MiB (Linux /proc; NaN elsewhere)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    return proc_rss_mb(os.getpid())
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -180,6 +173,7 @@ def proc_cpu_s(pid: int) -> float:
 
 
 def proc_rss_mb(pid: int) -> float:
+    """Resident set size of process `pid` in MiB (Linux /proc; NaN elsewhere)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
