@@ -63,7 +63,21 @@ def select_tool(app: ConsoleApp, tool: str) -> None:
     tree = app.main.query_one("#tree")
     tree.focus()
     node = next(n for n in tree.root.children[0].children if n.data["tool"] == tool)
+    tree.last_line  # noqa: B018 - a tree rebuilt by a snapshot just now has no lines yet: build them
     tree.move_cursor(node, animate=False)
+
+
+async def choose_tool(pilot: Any, app: ConsoleApp, tool: str) -> None:
+    """Select `tool` in the tree as a person would before a key, and wait until it is selected
+    (a snapshot arriving in between rebuilds the tree; the cursor stays, a node taken before may not)."""
+    tree = app.main.query_one("#tree")
+    for _ in range(100):
+        select_tool(app, tool)
+        await pilot.pause(0.05)
+        node = tree.cursor_node
+        if tree.has_focus and node is not None and node.data and node.data.get("tool") == tool:
+            return
+    raise AssertionError(f"could not select {tool} in the tree")
 
 
 def echo_max(app: ConsoleApp) -> int:
@@ -330,7 +344,7 @@ async def test_minus_on_a_tool_toasts_what_the_lower_max_would_have_changed(tmp_
                 assert not (await s.call_tool("echo", {"text": f"e{i}"})).is_error
         await until(pilot, lambda: len(app.model.calls) == 4 and all(r.done for r in app.model.calls.values()),
                     "four calls seen")
-        select_tool(app, "echo")
+        await choose_tool(pilot, app, "echo")
         await pilot.press("minus")
         await until(pilot, lambda: "max = 3" in path.read_text() and app.last_preview, "the tune and its preview")
         assert app.last_preview == ("of the last 4 calls (seen by this console), 1 would change: "

@@ -131,7 +131,8 @@ async def test_in_tmux_the_prompt_edit_screen_reason_call_view_and_sessions_pane
             res = await asyncio.wait_for(call, 30)
             assert res.is_error and "wait for Monday" in res.content[0].text
             await s.call_tool("count_items", {"items": [{"name": "seen-in-tmux"}]})
-            await until_screen(session, "count_items")
+            # the tree always lists count_items: wait for its call in the detail pane
+            await until_screen(session, "ev / count_items")
             tmux("send-keys", "-t", session, "Enter")  # the newest row, followed: the call view
             await until_screen(session, "arguments: {…}")
             shown = await until_screen(session, "Copy args")
