@@ -250,12 +250,12 @@ _ARGS: dict[str, type[_Args]] = {"approve": ApproveArgs, "deny": DenyArgs, "poli
                                  "accept_tool_change": ToolArgs, "revoke": RevokeArgs, "end_session": SessionArgs}
 
 
-def control_app(control: Control, token: str, *, recent: EventLog | None = None,
+def control_app(control: Control, token: str, *, recent: EventLog,
                 on_attach: Callable[[int], None] | None = None) -> Any:
     """The Starlette app of the control endpoint (see the module docstring) for `control`, guarded by `token`.
 
     `recent`: the gateway's `EventLog`, which the event stream replays and
-    follows (None: a live subscription only, nothing replayed).
+    follows.
     `on_attach(delta)` is told +1 when a front end opens the event stream and
     -1 when it closes it (the gateway counts attached consoles).
     """
@@ -287,27 +287,8 @@ def control_app(control: Control, token: str, *, recent: EventLog | None = None,
     async def events(request: Request) -> Response:
         if not authorized(request):
             return refused()
-        if recent is not None:
-            return EventSourceResponse(replayed(recent, recent.parse_id(request.headers.get("last-event-id"))),
-                                       ping=PING_S)
-        stream = control.subscribe()
-
-        async def messages() -> AsyncIterator[dict[str, str]]:
-            if on_attach is not None:
-                on_attach(1)
-            try:
-                while True:
-                    batch = [await stream.get()]
-                    await asyncio.sleep(BATCH_S)
-                    while len(batch) < BATCH_EVENTS and (more := stream.get_nowait()) is not None:
-                        batch.append(more)
-                    yield {"event": "events", "data": _dump(batch)}
-            finally:
-                stream.close()
-                if on_attach is not None:
-                    on_attach(-1)
-
-        return EventSourceResponse(messages(), ping=PING_S)
+        return EventSourceResponse(replayed(recent, recent.parse_id(request.headers.get("last-event-id"))),
+                                   ping=PING_S)
 
     async def replayed(log: EventLog, cursor: int) -> AsyncIterator[dict[str, str]]:
         if on_attach is not None:

@@ -6,7 +6,7 @@ and nothing else: a `LocalControl` for a gateway in this process, a
 keeps the latest `Snapshot` (taken when the gateway's events say what it
 shows changed, and every few seconds), folds the event stream into a
 `CallLog` on a timer (`FLUSH_INTERVAL_S`, 0.1 s), so a burst of calls costs
-at most ten repaints a second (about three under load, `BUSY_FLUSH_S`; an
+at most ten repaints a second (two under load, `BUSY_FLUSH_S`; an
 approval still shows at the next 0.1 s), and answers approvals, tunes and saves the
 policy through the control's commands. Every policy change arrives as an
 event (`PolicyReloaded` with its diff and label, `PolicyRejected` with

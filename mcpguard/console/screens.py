@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,8 +132,6 @@ class MainScreen(ApprovalActions, Screen):
     def _show_call(self, call_id: str, *, following: bool = False) -> None:
         """Show `call_id` in the detail pane: at once for a person's choice; while the table
         follows new calls, at once if the pane has not changed for `DETAIL_FOLLOW_S`, else then."""
-        import time
-
         if following:
             self._detail_next = call_id
             if self._detail_timer is not None:
