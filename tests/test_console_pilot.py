@@ -566,3 +566,18 @@ async def test_the_denied_filter_shows_what_the_status_bar_counts_and_the_other_
             await pilot.press("slash")
             approved = await rows_for("approved")
             assert len(approved) == 1 and "echo" in approved[0]
+
+
+async def test_a_snapshot_that_lands_while_the_screen_is_torn_down_draws_nothing_and_breaks_nothing(
+        tmp_path: Path) -> None:
+    """Quitting while a snapshot is on its way: the main screen's widgets are going, the snapshot's redraw
+    is skipped (counted), and the console neither crashes nor raises out of its worker."""
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot, app)
+        await app.main.query_one("#tree").remove()  # as in a teardown: the screen is mounted, its tree gone
+        before = app.view_errors
+        await app.fetch_snapshot()
+        assert app.view_errors == before + 1
+        await pilot.press("ctrl+q")
+    assert app.return_code == 0

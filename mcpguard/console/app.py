@@ -278,10 +278,14 @@ class ConsoleApp(App[int]):
             self.model.sync_tools(s.name, (t.name for t in s.tools))
         self.model.sync_pending(snap.pending, snap.taken_at)
         if self.main is not None and self.main.is_mounted:
-            self.main.refresh_tree()
-            self.main.refresh_gauges()
-            self.main.refresh_status()
-            self.refresh_pending()
+            try:
+                self.main.refresh_tree()
+                self.main.refresh_gauges()
+                self.main.refresh_status()
+                self.refresh_pending()
+            except NoMatches as exc:  # a snapshot that lands while the console quits: nothing to draw
+                self.view_errors += 1
+                self.log.warning(f"snapshot view skipped: {exc}")
 
     def _snapshot_soon(self) -> None:
         """Take a snapshot now for a local gateway, or soon (one at a time) for an attached one."""
